@@ -1,0 +1,5 @@
+"""Entry point of the ``sglang.srt.plugins`` group; filled in below."""
+
+
+def load() -> None:
+    pass

@@ -1,0 +1,1 @@
+"""MemServe's global scheduler (router)."""
