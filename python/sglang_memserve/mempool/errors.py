@@ -1,0 +1,62 @@
+"""Typed errors of MemPool. Every failure a caller can act on has its own class.
+
+All derive from :class:`MemPoolError`, so ``except MemPoolError`` catches everything this
+package raises on purpose; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class MemPoolError(Exception):
+    """Base class of every error MemPool raises on purpose."""
+
+
+class OutOfPages(MemPoolError):
+    """An allocation could not be satisfied, even after evicting every unlocked cached page."""
+
+    def __init__(self, tier: str, requested: int, available: int) -> None:
+        super().__init__(
+            f"tier {tier!r}: requested {requested} pages, only {available} obtainable"
+        )
+        self.tier = tier
+        self.requested = requested
+        self.available = available
+
+
+class CapacityError(MemPoolError):
+    """A resize was refused (locked / in-use pages in the way, or beyond physical memory)."""
+
+
+class UnknownTier(MemPoolError):
+    """A tier name that the pool does not have."""
+
+
+class PageOwnershipError(MemPoolError):
+    """A page was passed to an operation that does not own it (double free, freeing a cached
+    page, inserting a page that was never allocated, ...). Nothing was changed."""
+
+
+class PageLocked(MemPoolError):
+    """The operation would remove or move a page that a lock reference protects."""
+
+
+class LayoutMismatch(MemPoolError):
+    """Two page stores whose per-page segment layouts differ cannot exchange pages."""
+
+
+class IntegrityError(MemPoolError):
+    """check_integrity() found an inconsistency: this is always a bug."""
+
+
+class UnknownPeer(MemPoolError):
+    """A transfer or control request named a member that is not in the registry, or the peer
+    answering is not the member it was supposed to be."""
+
+
+class TransferError(MemPoolError):
+    """A transfer failed (peer dead, address out of range, destination refused...). Both pools
+    are consistent afterwards: nothing half-indexed."""
+
+
+class TransferTimeout(TransferError):
+    """A transfer or control request did not finish within the configured bound."""
