@@ -1,5 +1,56 @@
-"""Entry point of the ``sglang.srt.plugins`` group; filled in below."""
+"""SGLang plugin (entry point group ``sglang.srt.plugins``): runs in every SGLang process.
+
+It applies the CPU compatibility layer where needed, registers the MemServe tree-cache backend
+with SGLang's radix-cache registry, and hooks MemServe's state into ``/server_info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sglang_memserve import compat
+
+_INTERNAL_STATE = (
+    "sglang.srt.managers.scheduler_components.internal_state."
+    "SchedulerInternalStateController.get_internal_state"
+)
 
 
 def load() -> None:
-    pass
+    """Idempotent: SGLang may call it more than once per process."""
+    compat.apply_runtime_patches()
+    _register_cache_backend()
+    _register_hooks()
+
+
+def _register_cache_backend() -> None:
+    from sglang.srt.mem_cache.registry import (
+        get_radix_cache_factory,
+        register_radix_cache_backend,
+    )
+
+    from sglang_memserve.cache import BACKEND_NAME
+
+    if get_radix_cache_factory(BACKEND_NAME) is None:
+        from sglang_memserve.cache.backend import factory
+
+        register_radix_cache_backend(BACKEND_NAME, factory)
+
+
+def _add_memserve_state(output: Any, controller: Any, *_args: Any, **_kwargs: Any) -> None:
+    """AFTER hook on the scheduler's internal-state readback: adds ``memserve``."""
+    tree_cache = getattr(controller.scheduler, "tree_cache", None)
+    state_fn = getattr(tree_cache, "memserve_state", None)
+    state: dict[str, Any] = {"tree_cache_class": type(tree_cache).__name__,
+                             "compat_patches": compat.applied()}
+    if state_fn is not None:
+        state.update(state_fn())
+    output.internal_state["memserve"] = state
+
+
+def _register_hooks() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    if any(h[1] is _add_memserve_state for h in HookRegistry._hooks.get(_INTERNAL_STATE, [])):
+        return
+    HookRegistry.register(_INTERNAL_STATE, _add_memserve_state, HookType.AFTER)

@@ -14,9 +14,12 @@ class MemPoolError(Exception):
 class OutOfPages(MemPoolError):
     """An allocation could not be satisfied, even after evicting every unlocked cached page."""
 
-    def __init__(self, tier: str, requested: int, available: int) -> None:
+    def __init__(self, tier: str, requested: int = -1, available: int = -1) -> None:
+        # A bare message (re-raised from a peer's reply) is accepted too.
         super().__init__(
-            f"tier {tier!r}: requested {requested} pages, only {available} obtainable"
+            tier
+            if requested < 0
+            else f"tier {tier!r}: requested {requested} pages, only {available} obtainable"
         )
         self.tier = tier
         self.requested = requested

@@ -1,0 +1,61 @@
+"""MemServe's own instance configuration (on top of SGLang's ``ServerArgs``).
+
+The launcher serializes it into the environment of the SGLang processes it starts
+(``MEMSERVE_CONFIG``), so the cache backend built in the scheduler process reads the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["colocated", "prefill", "decode"]
+CacheMode = Literal["memserve", "stock", "off"]
+ROLES: tuple[str, ...] = ("colocated", "prefill", "decode")
+CACHE_MODES: tuple[str, ...] = ("memserve", "stock", "off")
+ENV_VAR = "MEMSERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class MemServeConfig:
+    """Per-instance MemServe settings.
+
+    Attributes:
+        role: colocated (prefill and decode in one instance), prefill or decode.
+        cache: ``memserve`` (MemPool-backed tree cache), ``stock`` (SGLang's own) or ``off``.
+        instance_id: name of this instance in the pool and in KV events.
+        host_pool_ratio: DRAM tier size as a multiple of the device KV pool (0 disables the tier).
+        events_port: ZMQ port of the KV-event publisher (0: no events).
+        host: address every MemServe endpoint binds to.
+    """
+
+    role: Role = "colocated"
+    cache: CacheMode = "memserve"
+    instance_id: str = "instance-0"
+    host_pool_ratio: float = 0.0
+    events_port: int = 0
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.host_pool_ratio < 0:
+            raise ValueError(f"host_pool_ratio must be >= 0, got {self.host_pool_ratio}")
+
+    @property
+    def dram_tier(self) -> bool:
+        return self.host_pool_ratio > 0
+
+    def to_env(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_env(cls) -> MemServeConfig:
+        """The launcher's config, or the defaults when SGLang was started by another launcher."""
+        raw = os.environ.get(ENV_VAR)
+        return cls(**json.loads(raw)) if raw else cls()

@@ -1,0 +1,160 @@
+"""``python -m sglang_memserve.launch_server``: SGLang's server with MemServe's arguments on top.
+
+Every SGLang argument is accepted unchanged. MemServe adds its own (role, cache mode, MemPool
+sizing, KV events) and fills in defaults SGLang lacks on this kind of host: the embedded model when
+no ``--model-path`` is given, and the CPU settings on a host without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from sglang_memserve import compat
+from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
+
+# NOTE: runs again as ``__mp_main__`` in every process SGLang spawns, before the child unpickles
+# its target (which imports sglang.srt) -- so import-time CPU patches reach the scheduler too.
+compat.apply_import_patches()
+
+logger = logging.getLogger("sglang_memserve.launch_server")
+
+# SGLang flags that MemServe sets when the user did not: flag -> value (None: a switch).
+CPU_DEFAULTS: dict[str, str | None] = {
+    "--device": "cpu",
+    "--attention-backend": "torch_native",
+    "--disable-cuda-graph": None,
+    "--dtype": "float32",
+    "--max-total-tokens": "16384",
+    "--sleep-on-idle": None,  # an idle scheduler otherwise busy-polls a whole core
+}
+ROLE_FLAGS: dict[str, list[str]] = {
+    "colocated": [],
+    "prefill": ["--disaggregation-mode", "prefill", "--disaggregation-transfer-backend", "mooncake"],
+    "decode": ["--disaggregation-mode", "decode", "--disaggregation-transfer-backend", "mooncake"],
+}
+# On CPU: prefill's cached-prefix send path uses torch.cuda.Event (overlap schedule), and decode's
+# default host-pool retraction backup pins memory through CUDA.
+CPU_ROLE_DEFAULTS: dict[str, dict[str, str | None]] = {
+    "colocated": {},
+    "prefill": {"--disable-overlap-schedule": None},
+    "decode": {"--disaggregation-decode-retraction-backup": "cpu_tensor"},
+}
+CACHE_FLAGS: dict[str, list[str]] = {
+    "memserve": ["--radix-cache-backend", "memserve"],
+    "stock": [],
+    "off": ["--disable-radix-cache"],
+}
+
+
+def memserve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("MemServe")
+    g.add_argument("--role", choices=ROLES, default="colocated",
+                   help="instance role: colocated, prefill or decode")
+    g.add_argument("--memserve-cache", choices=CACHE_MODES, default="memserve",
+                   help="tree cache: memserve (MemPool-backed), stock (SGLang's) or off")
+    g.add_argument("--instance-id", default=None, help="name in the pool and in KV events")
+    g.add_argument("--mempool-host-ratio", type=float, default=0.0,
+                   help="DRAM tier size as a multiple of the device KV pool (0: no DRAM tier)")
+    g.add_argument("--kv-events-port", type=int, default=0,
+                   help="ZMQ port for KV events (0: none)")
+    g.add_argument("--embedded-model", choices=("tiny", "bench"), default="tiny",
+                   help="embedded model served when --model-path is absent")
+    return p
+
+
+def _has(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _value(argv: Sequence[str], flag: str, default: str) -> str:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def _with_defaults(argv: list[str], defaults: dict[str, str | None]) -> list[str]:
+    for flag, value in defaults.items():
+        if not _has(argv, flag):
+            argv += [flag] if value is None else [flag, value]
+    return argv
+
+
+def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], dict[str, str]]:
+    """Split the command line into MemServe's config, SGLang's argv and environment defaults.
+
+    Args:
+        argv: the command line (without the program name).
+        cpu: whether to apply the CPU defaults.
+    Returns:
+        (config, argv for SGLang's ``prepare_server_args``, environment variables to set if unset).
+    """
+    ms, rest = memserve_parser().parse_known_args(list(argv))
+    sg = list(rest)
+    if not _has(sg, "--model-path"):
+        from sglang_memserve.model import ensure_model
+
+        sg += ["--model-path", str(ensure_model(ms.embedded_model))]
+    host = _value(sg, "--host", "127.0.0.1")
+    sg = _with_defaults(sg, {"--host": host})
+    if not _has(sg, "--disaggregation-mode"):
+        sg += ROLE_FLAGS[ms.role]
+    if not (_has(sg, "--radix-cache-backend") or _has(sg, "--disable-radix-cache")):
+        sg += CACHE_FLAGS[ms.memserve_cache]
+    env = {"HF_HUB_OFFLINE": "1"}
+    if cpu:
+        sg = _with_defaults(sg, {**CPU_DEFAULTS, **CPU_ROLE_DEFAULTS[ms.role]})
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+    if ms.role != "colocated":
+        env.update({
+            "SGLANG_HOST_IP": host,  # else SGLang advertises the NIC's address to Mooncake
+            "MC_TCP_BIND_ADDRESS": host,
+            "MC_TRANSFER_TIMEOUT": "5",
+            "MC_LOG_LEVEL": "ERROR",
+            **({"MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1"} if cpu else {}),
+        })
+    config = MemServeConfig(
+        role=ms.role,
+        cache=ms.memserve_cache,
+        instance_id=ms.instance_id or f"{ms.role}@{host}:{_value(sg, '--port', '30000')}",
+        host_pool_ratio=ms.mempool_host_ratio,
+        events_port=ms.kv_events_port,
+        host=host,
+    )
+    return config, sg, env
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        memserve_parser().print_help()
+        print("\nAll SGLang server arguments are accepted as well (python -m sglang.launch_server -h).")
+        return
+    config, sg_argv, env = build(argv, cpu=compat.needed())
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    os.environ[ENV_VAR] = config.to_env()
+
+    from sglang.launch_server import run_server
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.utils import kill_process_tree
+
+    load_plugins()  # runs sglang_memserve.plugin.load through SGLang's entry point
+    server_args = prepare_server_args(sg_argv)
+    logger.info("MemServe %s instance %s (cache=%s)", config.role, config.instance_id, config.cache)
+    try:
+        run_server(server_args)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+"""Radix prompt tree over whole pages, with per-location page ids, lock references and LRU.
+
+Keys are pages of token ids (``tuple[int, ...]`` of length ``page_size``): children are keyed
+by the full token tuple of their first page, never by a hash, so a match can never return the
+KV of different tokens. A node holds a run of pages and, per *location* (a tier name in a
+MemPool; ``(instance, tier)`` in a router mirror), the page ids holding that run.
+
+Invariants (:meth:`RadixTree.check`): every non-root node has >= 1 page and, unless the tree
+was made with ``allow_empty=True`` (mirrors), >= 1 location; each location's page list has one
+id per page; a page id appears at most once per location; ``lock_ref`` of a node >= the sum
+over its children; eviction never touches a node with ``lock_ref > 0``.
+
+Only :meth:`RadixTree.match` is read-only; everything else may split nodes (which preserves
+what a handle protects: the split-off prefix becomes the handle's new parent).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .errors import IntegrityError, PageLocked
+
+PageKey = tuple[int, ...]
+Loc = Hashable
+
+
+class Node:
+    """One run of pages. Treat as an opaque handle outside this module."""
+
+    __slots__ = ("parent", "children", "pages", "locs", "lock_ref", "last_access", "__weakref__")
+
+    def __init__(self, parent: Node | None, pages: list[PageKey]) -> None:
+        self.parent = parent
+        self.children: dict[PageKey, Node] = {}
+        self.pages = pages
+        self.locs: dict[Loc, list[int]] = {}
+        self.lock_ref = 0
+        self.last_access = 0
+
+    def __repr__(self) -> str:
+        return f"Node(pages={len(self.pages)}, locs={list(self.locs)}, lock={self.lock_ref})"
+
+
+@dataclass
+class Change:
+    """One index change, in page-path terms (independent of node splits).
+
+    ``path`` is the full page path from the root to the end of the changed run; the run is
+    ``path[start:]``. ``kind`` is ``"stored"`` (``pages`` = ids now holding it in ``loc``) or
+    ``"removed"`` (``pages`` = ids that held it and are no longer indexed).
+    """
+
+    kind: str
+    loc: Loc
+    path: list[PageKey]
+    start: int
+    pages: list[int]
+
+
+@dataclass
+class TreeMatch:
+    """Result of :meth:`RadixTree.match`: ``(node, pages matched in it)`` from the root down."""
+
+    steps: list[tuple[Node, int]] = field(default_factory=list)
+
+    @property
+    def num_pages(self) -> int:
+        return sum(k for _, k in self.steps)
+
+    @property
+    def last(self) -> Node | None:
+        return self.steps[-1][0] if self.steps else None
+
+
+class RadixTree:
+    """See the module docstring."""
+
+    def __init__(self, page_size: int, *, allow_empty: bool = False) -> None:
+        if page_size <= 0:
+            raise ValueError(f"page_size must be positive, got {page_size}")
+        self.page_size = page_size
+        self.allow_empty = allow_empty
+        self.root = Node(None, [])
+        self.root.lock_ref = 1  # the root is never evicted
+        self._clock = itertools.count(1)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def to_pages(self, tokens: Sequence[int]) -> list[PageKey]:
+        """Whole pages of ``tokens`` (a trailing partial page is ignored)."""
+        ps = self.page_size
+        return [tuple(tokens[i : i + ps]) for i in range(0, len(tokens) - ps + 1, ps)]
+
+    def nodes(self) -> Iterator[Node]:
+        """Every non-root node, parents before children."""
+        stack = list(self.root.children.values())
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(n.children.values())
+
+    def path_of(self, node: Node) -> list[PageKey]:
+        """Full page path from the root to the end of ``node``."""
+        parts = []
+        while node is not self.root and node is not None:
+            parts.append(node.pages)
+            node = node.parent
+        return [p for part in reversed(parts) for p in part]
+
+    def _split(self, node: Node, k: int) -> Node:
+        """Split ``node`` after ``k`` pages; return the new upper node (``node`` keeps the rest,
+        so handles to it keep protecting everything they protected)."""
+        assert 0 < k < len(node.pages)
+        parent = node.parent
+        upper = Node(parent, node.pages[:k])
+        upper.locs = {loc: ids[:k] for loc, ids in node.locs.items()}
+        upper.lock_ref = node.lock_ref
+        upper.last_access = node.last_access
+        parent.children[upper.pages[0]] = upper
+        node.pages = node.pages[k:]
+        node.locs = {loc: ids[k:] for loc, ids in node.locs.items()}
+        node.parent = upper
+        upper.children[node.pages[0]] = node
+        return upper
+
+    def _cover(self, path: list[PageKey], *, create: bool, cut: int = 0) -> list[Node] | None:
+        """Nodes that exactly cover ``path`` (splitting at its end and at page index ``cut``).
+
+        Missing pages become one new node (with no locations) if ``create``; otherwise
+        ``None`` is returned when the path is not fully present. Splits happen only once the
+        path is known to be present (or ``create``), so a miss changes nothing.
+        """
+        if not create and self.match_pages(path).num_pages < len(path):
+            return None
+        out: list[Node] = []
+        node, i = self.root, 0
+        while i < len(path):
+            child = node.children.get(path[i])
+            if child is None:
+                new = Node(node, list(path[i:]))
+                node.children[path[i]] = new
+                if i < cut < len(path):
+                    out.append(self._split(new, cut - i))
+                out.append(new)
+                break
+            k = 0
+            while k < len(child.pages) and i + k < len(path) and child.pages[k] == path[i + k]:
+                k += 1
+            if k < len(child.pages):
+                child = self._split(child, k)
+            if i < cut < i + k:
+                upper = self._split(child, cut - i)
+                out.append(upper)
+            out.append(child)
+            node, i = child, i + k
+        return out
+
+    # ---- read-only -----------------------------------------------------------------------
+
+    def match_pages(self, path: Sequence[PageKey]) -> TreeMatch:
+        """Longest prefix of ``path`` present as nodes. Changes nothing."""
+        m = TreeMatch()
+        node, i = self.root, 0
+        while i < len(path):
+            child = node.children.get(path[i])
+            if child is None:
+                break
+            k = 0
+            while k < len(child.pages) and i + k < len(path) and child.pages[k] == path[i + k]:
+                k += 1
+            m.steps.append((child, k))
+            if k < len(child.pages):
+                break
+            node, i = child, i + k
+        return m
+
+    def match(self, tokens: Sequence[int]) -> TreeMatch:
+        """Longest cached prefix of ``tokens`` in whole pages. Changes nothing (not even LRU)."""
+        return self.match_pages(self.to_pages(tokens))
+
+    # ---- locking -------------------------------------------------------------------------
+
+    def lock(self, node: Node) -> None:
+        """Protect ``node`` and its ancestors from eviction/deletion; marks them used (LRU)."""
+        t = next(self._clock)
+        while node is not None:
+            node.lock_ref += 1
+            node.last_access = t
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        """Undo one :meth:`lock` of ``node``."""
+        n = node
+        while n is not None:
+            if n.lock_ref <= 0 or (n is self.root and n.lock_ref <= 1):
+                raise IntegrityError(f"unlock without lock on {node}")
+            n = n.parent
+        while node is not None:
+            node.lock_ref -= 1
+            node = node.parent
+
+    def touch(self, node: Node) -> None:
+        """Mark ``node`` and its ancestors as just used."""
+        t = next(self._clock)
+        while node is not None:
+            node.last_access = t
+            node = node.parent
+
+    # ---- changes -------------------------------------------------------------------------
+
+    def insert(self, path: list[PageKey], loc: Loc, page_ids: Sequence[int]) -> tuple[
+        list[int], list[Change], Node | None
+    ]:
+        """Index ``path`` in ``loc`` with one page id per page.
+
+        Returns:
+            ``(duplicates, changes, last_node)``: indices into ``page_ids`` of pages that were
+            already indexed in ``loc`` (their ids are *not* taken: the caller still owns them),
+            the ``stored`` changes, and the node ending the path.
+        """
+        if len(page_ids) != len(path):
+            raise ValueError(f"{len(page_ids)} page ids for {len(path)} pages")
+        if not path:
+            return [], [], None
+        nodes = self._cover(path, create=True)
+        dups: list[int] = []
+        changes: list[Change] = []
+        t = next(self._clock)
+        i = 0
+        for n in nodes:
+            k = len(n.pages)
+            if loc in n.locs:
+                dups.extend(range(i, i + k))
+            else:
+                n.locs[loc] = list(page_ids[i : i + k])
+                changes.append(Change("stored", loc, list(path[: i + k]), i, n.locs[loc][:]))
+            n.last_access = t
+            i += k
+        self.touch(nodes[-1])
+        return dups, changes, nodes[-1]
+
+    def set_loc(self, path: list[PageKey], start: int, loc: Loc, page_ids: Sequence[int]) -> None:
+        """Mirror primitive: ``path[start:]`` is now held by ``page_ids`` in ``loc`` (creating
+        location-less nodes for a missing ``path[:start]`` when ``allow_empty``)."""
+        nodes = self._cover(path, create=True, cut=start)
+        i = 0
+        for n in nodes:
+            k = len(n.pages)
+            if i >= start:
+                n.locs[loc] = list(page_ids[i - start : i - start + k])
+            i += k
+
+    def drop_loc(self, path: list[PageKey], start: int, loc: Loc) -> None:
+        """Mirror primitive: ``path[start:]`` is no longer held in ``loc``; location-less
+        leaves are pruned. A path that is not present is ignored."""
+        nodes = self._cover(path, create=False, cut=start)
+        if nodes is None:
+            return
+        i = 0
+        for n in nodes:
+            if i >= start:
+                n.locs.pop(loc, None)
+            i += len(n.pages)
+        for n in reversed(nodes):
+            self._prune(n)
+
+    def _prune(self, n: Node) -> None:
+        while n is not self.root and not n.locs and not n.children and _is_attached(n):
+            parent = n.parent
+            del parent.children[n.pages[0]]
+            n.parent = None
+            n = parent
+
+    def delete(self, path: list[PageKey]) -> list[Change]:
+        """Remove the last page of ``path`` and everything indexed below it (all locations).
+
+        Returns:
+            the ``removed`` changes (leaves first), whose page ids the caller frees.
+
+        Raises:
+            PageLocked: a page that would go is locked; nothing was changed.
+        """
+        if not path:
+            return []
+        m = self.match_pages(path)
+        if m.num_pages < len(path):
+            return []
+        node, _ = m.steps[-1]
+        if node.lock_ref > 0:
+            raise PageLocked(f"delete would remove locked pages ({node})")
+        nodes = self._cover(path, create=False, cut=len(path) - 1)
+        top = nodes[-1]
+        changes: list[Change] = []
+        stack = [(top, False)]
+        order = []
+        while stack:  # post-order: leaves first, so every removed change leaves a valid tree
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+                continue
+            stack.append((n, True))
+            stack.extend((c, False) for c in n.children.values())
+        for n in order:
+            p = self.path_of(n)
+            for loc, ids in n.locs.items():
+                changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+            n.locs = {}
+        del top.parent.children[top.pages[0]]
+        top.parent = None
+        return changes
+
+    def _evictable(self, n: Node, loc: Loc) -> bool:
+        return (
+            n.lock_ref == 0
+            and loc in n.locs
+            and (len(n.locs) > 1 or not n.children)
+            and not any(loc in c.locs for c in n.children.values())
+        )
+
+    def evict(self, num_pages: int, loc: Loc) -> list[Change]:
+        """Drop ``loc`` from least recently used unlocked nodes until >= ``num_pages`` pages of
+        ``loc`` were dropped or nothing more is evictable. A node loses ``loc`` only when no
+        child holds ``loc`` (no holes in a tier's prefix) and it either keeps another location
+        or has no children (no location-less nodes).
+
+        Returns:
+            the ``removed`` changes, whose page ids the caller frees.
+        """
+        heap = [(n.last_access, id(n), n) for n in self.nodes() if self._evictable(n, loc)]
+        heapq.heapify(heap)
+        changes: list[Change] = []
+        freed = 0
+        while heap and freed < num_pages:
+            _, _, n = heapq.heappop(heap)
+            if not _is_attached(n) or not self._evictable(n, loc):
+                continue
+            p = self.path_of(n)
+            ids = n.locs.pop(loc)
+            changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+            freed += len(ids)
+            parent = n.parent
+            if not n.locs:
+                del parent.children[n.pages[0]]
+                n.parent = None
+            if parent is not self.root and self._evictable(parent, loc):
+                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+        return changes
+
+    def evictable_pages(self, loc: Loc) -> int:
+        """Upper bound of pages :meth:`evict` could drop in ``loc`` (unlocked nodes holding it
+        whose removal never needs a locked one gone first). Exact for single-location trees."""
+        total = 0
+        for n in self.nodes():
+            if loc in n.locs and n.lock_ref == 0:
+                total += len(n.pages)
+        return total
+
+    def relabel(self, loc: Loc, mapping: dict[int, int]) -> list[Change]:
+        """Replace page ids of ``loc`` by ``mapping`` (pages moved in memory).
+
+        Returns:
+            ``removed`` + ``stored`` changes per affected node, so mirrors follow.
+        """
+        changes = []
+        for n in self.nodes():
+            ids = n.locs.get(loc)
+            if ids and any(i in mapping for i in ids):
+                p = self.path_of(n)
+                start = len(p) - len(n.pages)
+                changes.append(Change("removed", loc, p, start, ids[:]))
+                n.locs[loc] = [mapping.get(i, i) for i in ids]
+                changes.append(Change("stored", loc, p, start, n.locs[loc][:]))
+        return changes
+
+    def clear(self) -> list[Change]:
+        """Remove every node.
+
+        Returns:
+            the ``removed`` changes, whose page ids the caller frees.
+
+        Raises:
+            PageLocked: some node is locked; nothing was changed.
+        """
+        if any(n.lock_ref > 0 for n in self.root.children.values()):
+            raise PageLocked("clear() with locked pages")
+        changes = []
+        for n in self.nodes():
+            p = self.path_of(n)
+            for loc, ids in n.locs.items():
+                changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+        self.root.children = {}
+        return changes
+
+    # ---- inspection ----------------------------------------------------------------------
+
+    def pages_by_loc(self) -> dict[Loc, list[int]]:
+        """All indexed page ids per location (with repeats if the tree is corrupt)."""
+        out: dict[Loc, list[int]] = {}
+        for n in self.nodes():
+            for loc, ids in n.locs.items():
+                out.setdefault(loc, []).extend(ids)
+        return out
+
+    def flatten(self) -> dict[tuple[PageKey, ...], dict[Loc, int]]:
+        """Split-independent view: full page path -> ``{loc: page id}``, for comparisons."""
+        out: dict[tuple[PageKey, ...], dict[Loc, int]] = {}
+        for n in self.nodes():
+            base = self.path_of(n)[: -len(n.pages)]
+            for k, page in enumerate(n.pages):
+                base.append(page)
+                entry = {loc: ids[k] for loc, ids in n.locs.items()}
+                if entry:
+                    out[tuple(base)] = entry
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`IntegrityError` on any broken invariant (see the module docstring)."""
+        seen: dict[Loc, set[int]] = {}
+        stack = [self.root]
+        while stack:
+            n = stack.pop()
+            kids = sum(c.lock_ref for c in n.children.values())
+            if n.lock_ref < kids:
+                raise IntegrityError(f"lock_ref {n.lock_ref} < children's {kids} at {n}")
+            for key, c in n.children.items():
+                if c.parent is not n or not c.pages or c.pages[0] != key:
+                    raise IntegrityError(f"bad child link at {c}")
+                if any(len(p) != self.page_size for p in c.pages):
+                    raise IntegrityError(f"partial page in {c}")
+                if not c.locs and not self.allow_empty:
+                    raise IntegrityError(f"location-less node {c}")
+                for loc, ids in c.locs.items():
+                    if len(ids) != len(c.pages):
+                        raise IntegrityError(f"{loc}: {len(ids)} ids for {len(c.pages)} pages")
+                    s = seen.setdefault(loc, set())
+                    if s.intersection(ids) or len(set(ids)) != len(ids):
+                        raise IntegrityError(f"{loc}: page id indexed twice in {c}")
+                    s.update(ids)
+                stack.append(c)
+
+
+def _is_attached(n: Node) -> bool:
+    return n.parent is not None and n.parent.children.get(n.pages[0]) is n
