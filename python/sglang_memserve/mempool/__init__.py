@@ -7,8 +7,17 @@ Modules (one per concern):
 * ``errors`` -- typed exceptions (``MemPoolError`` and subclasses).
 * ``tier`` -- the tier interfaces: ``PageAllocator``, ``PageStore``, ``PageLayout``, ``Tier``.
 * ``tensor_tier`` -- tensor-backed adapters for tests and benchmarks.
+* ``radix`` -- the radix prompt tree (page keys carry token ids; locks; LRU).
+* ``pool`` -- ``MemPool``: memory, index, elasticity, integrity, membership, transfers.
+* ``results`` -- ``InsertResult``, ``MatchResult``, ``TransferResult``.
+* ``membership`` -- ``MemberInfo``, ``MemberRegistry``.
+* ``transfer`` -- ``TransferAgent`` over Mooncake's TransferEngine, ``plan_segments``.
+* ``rpc`` -- the small ZMQ control channel.
+* ``events`` -- KV events: ``EventPublisher`` and ``TreeMirror``.
+* ``config`` -- ``MemPoolConfig``.
 """
 
+from .config import MemPoolConfig
 from .errors import (
     CapacityError,
     IntegrityError,
@@ -22,6 +31,11 @@ from .errors import (
     UnknownPeer,
     UnknownTier,
 )
+from .events import EVENT_FORMAT_VERSION, EventPublisher, TreeMirror
+from .membership import MemberInfo, MemberRegistry, TierInfo
+from .pool import MemPool
+from .radix import RadixTree
+from .results import InsertResult, MatchedNode, MatchResult, TransferResult
 from .tensor_tier import (
     ContiguousTensorStore,
     FreeListAllocator,
@@ -29,8 +43,23 @@ from .tensor_tier import (
     make_tensor_tier,
 )
 from .tier import PageAllocator, PageLayout, PageStore, Region, SegmentStream, Tier
+from .transfer import TransferAgent
 
 __all__ = [
+    "EVENT_FORMAT_VERSION",
+    "EventPublisher",
+    "InsertResult",
+    "MatchResult",
+    "MatchedNode",
+    "MemPool",
+    "MemPoolConfig",
+    "MemberInfo",
+    "MemberRegistry",
+    "RadixTree",
+    "TierInfo",
+    "TransferAgent",
+    "TransferResult",
+    "TreeMirror",
     "CapacityError",
     "ContiguousTensorStore",
     "FreeListAllocator",

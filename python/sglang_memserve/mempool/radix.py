@@ -211,9 +211,9 @@ class RadixTree:
 
     # ---- changes -------------------------------------------------------------------------
 
-    def insert(self, path: list[PageKey], loc: Loc, page_ids: Sequence[int]) -> tuple[
-        list[int], list[Change], Node | None
-    ]:
+    def insert(
+        self, path: list[PageKey], loc: Loc, page_ids: Sequence[int]
+    ) -> tuple[list[int], list[Change], Node | None]:
         """Index ``path`` in ``loc`` with one page id per page.
 
         Returns:

@@ -121,7 +121,9 @@ class _TensorStoreBase(PageStore):
             v.index_copy_(0, idx, data[:, off : off + n])
             off += n
 
-    def copy_pages(self, src_pages: Sequence[int], dst: PageStore, dst_pages: Sequence[int]) -> None:
+    def copy_pages(
+        self, src_pages: Sequence[int], dst: PageStore, dst_pages: Sequence[int]
+    ) -> None:
         if (
             isinstance(dst, _TensorStoreBase)
             and type(dst) is type(self)

@@ -232,7 +232,9 @@ class PageStore(abc.ABC):
         """``(addr, nbytes)`` segments of ``page`` in page-image order."""
         return self.layout.segments(page)
 
-    def copy_pages(self, src_pages: Sequence[int], dst: PageStore, dst_pages: Sequence[int]) -> None:
+    def copy_pages(
+        self, src_pages: Sequence[int], dst: PageStore, dst_pages: Sequence[int]
+    ) -> None:
         """Copy page images ``self[src_pages]`` -> ``dst[dst_pages]`` (local, same process).
 
         The default goes through a CPU page-image tensor; stores override it with a faster path

@@ -66,7 +66,9 @@ class TransferAgent:
         from mooncake.engine import TransferEngine  # heavy import, only when transfers are used
 
         self._engine = TransferEngine()
-        rc = self._engine.initialize(config.host, "P2PHANDSHAKE", config.protocol, config.device_name)
+        rc = self._engine.initialize(
+            config.host, "P2PHANDSHAKE", config.protocol, config.device_name
+        )
         if rc != 0:
             raise TransferError(f"Mooncake initialize({config.host}, {config.protocol}) -> {rc}")
         self.segment_name = f"{config.host}:{self._engine.get_rpc_port()}"
@@ -128,7 +130,11 @@ class TransferAgent:
             )
             if rc < 0:
                 took = time.monotonic() - t
-                cls = TransferTimeout if took >= 0.9 * self.config.mooncake_timeout_s else TransferError
+                cls = (
+                    TransferTimeout
+                    if took >= 0.9 * self.config.mooncake_timeout_s
+                    else TransferError
+                )
                 raise cls(
                     f"write to {segment_name}: batch {i // step} of {len(chunk)} blocks failed "
                     f"(rc={rc}) after {took:.2f}s; {total} bytes landed before"
