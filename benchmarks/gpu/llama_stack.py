@@ -75,13 +75,13 @@ class LlamaStack:
         self.layers = layers
         self.dtype = dtype
         self.device = torch.device(device)
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        g = torch.Generator(device=self.device).manual_seed(seed)
         h, hd = shape.hidden, shape.head_dim
         qkv_out = (shape.num_heads + 2 * shape.num_kv_heads) * hd
 
         def w(out_f: int, in_f: int) -> torch.Tensor:
-            t = torch.randn(out_f, in_f, generator=g) * (in_f ** -0.5)
-            return t.to(device=self.device, dtype=dtype)
+            t = torch.randn(out_f, in_f, generator=g, device=self.device, dtype=dtype)
+            return t.mul_(in_f ** -0.5)
 
         self.w_qkv = [w(qkv_out, h) for _ in range(layers)]
         self.w_o = [w(h, shape.num_heads * hd) for _ in range(layers)]

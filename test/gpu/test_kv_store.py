@@ -16,7 +16,7 @@ from sglang_memserve.gpu.attention import (  # noqa: E402
     relative_error,
     token_slots,
 )
-from sglang_memserve.gpu.kernels import HAVE_TRITON, copy_pages  # noqa: E402
+from sglang_memserve.gpu.kernels import HAVE_TRITON  # noqa: E402
 from sglang_memserve.gpu.kv_store import (  # noqa: E402
     CudaPagedKVStore,
     KVShape,

@@ -174,6 +174,9 @@ class SwapEngine:
         nbytes = n * self.page_nbytes
         if n == 0:
             return SwapHandle(None, 0, 0)
+        for ids, store in ((dev_pages, self.dev), (host_pages, self.host)):
+            if min(ids) < 0 or max(ids) >= store.num_pages:
+                raise IndexError(f"page ids outside [0, {store.num_pages})")
         if not self.cuda or self.mode == "torch":
             dv, hv = self.dev.page_view(), self.host.page_view()
             di = self.dev._ids(dev_pages, self.dev.buffer.device)
