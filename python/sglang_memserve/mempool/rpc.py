@@ -74,6 +74,10 @@ class RpcServer:
     def _handle(self, raw: bytes) -> dict:
         try:
             msg = orjson.loads(raw)
+            to = msg.get("to")
+            if to is not None and to != self.instance_id:
+                # Checked before any handler runs: a misaddressed request changes nothing here.
+                raise UnknownPeer(f"request for {to!r} reached {self.instance_id!r}")
             handler = self.handlers.get(msg.get("op"))
             if handler is None:
                 raise MemPoolError(f"unknown op {msg.get('op')!r}")
@@ -115,7 +119,8 @@ def rpc_call(
 
     Raises:
         TransferTimeout: no reply within ``timeout_s``.
-        UnknownPeer: the answering instance is not ``expect_instance``.
+        UnknownPeer: the answering instance is not ``expect_instance`` (the server refuses such
+            a request before acting on it).
         MemPoolError (subclass named by the server): the server refused.
     """
     ctx = zmq.Context()
@@ -123,6 +128,8 @@ def rpc_call(
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
+        if expect_instance is not None:
+            msg = {**msg, "to": expect_instance}
         sock.send_multipart([b"", orjson.dumps(msg)])
         deadline = time.monotonic() + timeout_s
         if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
