@@ -27,12 +27,15 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install -q)
+pip=("$venv/bin/python" -m pip install -q --no-warn-script-location)
 "${pip[@]}" -U pip
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -c requirements/cpu-constraints.txt -r requirements/sglang-cpu.txt
 "${pip[@]}" --no-deps sglang==0.5.23
 "${pip[@]}" -c requirements/cpu-constraints.txt -r requirements/extra.txt
 "${pip[@]}" --no-deps -e .
+# This install is the CPU one: let every Python process in the venv (stock sglang tools too)
+# load the lazy import-compat finder (docs/cpu-compat.md).
+"$venv/bin/python" -m sglang_memserve.compat.startup install
 echo "$want" > "$stamp"
 echo "install.sh: $venv ready"

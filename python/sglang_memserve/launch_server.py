@@ -108,6 +108,8 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         sg += ROLE_FLAGS[ms.role]
     if not (_has(sg, "--radix-cache-backend") or _has(sg, "--disable-radix-cache")):
         sg += CACHE_FLAGS[ms.memserve_cache]
+    # OpenAI usage reports cached prompt tokens: the figure MemServe exists to raise.
+    sg = _with_defaults(sg, {"--enable-cache-report": None})
     env = {"HF_HUB_OFFLINE": "1"}
     if cpu:
         sg = _with_defaults(sg, {**CPU_DEFAULTS, **CPU_ROLE_DEFAULTS[ms.role]})

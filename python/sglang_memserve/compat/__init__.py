@@ -29,9 +29,8 @@ def needed() -> bool:
 
 
 def apply_import_patches() -> None:
-    """Patches that must precede ``import sglang.srt...``; idempotent."""
-    if needed():
-        imports.apply()
+    """Installs the lazy import finder (it checks for CUDA itself, when first triggered)."""
+    imports.apply()
 
 
 def apply_runtime_patches() -> None:

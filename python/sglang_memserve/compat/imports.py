@@ -1,10 +1,14 @@
-"""Import-time patches: CUDA-built torchvision without its C ops, and a stand-in ``sgl_kernel``."""
+"""Import-time patches: a CUDA-built torchvision without its C ops, and a stand-in ``sgl_kernel``.
+
+Both work through one meta-path finder that does nothing until ``torchvision`` or ``sgl_kernel``
+is imported, so installing it costs nothing at interpreter start (``startup.py`` installs it from
+a ``.pth`` file on CPU hosts, which makes stock ``python -m sglang...`` tools work there too).
+"""
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 import types
 from typing import Any
@@ -14,49 +18,41 @@ APPLIED: list[str] = []
 
 
 def apply() -> None:
-    _guard_torchvision_meta_ops()
-    _install_sgl_kernel_standin()
+    """Install the finder (idempotent)."""
+    if not any(isinstance(f, _CompatFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CompatFinder())
 
 
-def _guard_torchvision_meta_ops() -> None:
-    """Import torchvision with ``register_fake`` skipping ops that its (absent) C library lacks.
+def _guard_torchvision_register_fake() -> None:
+    """Make ``register_fake("torchvision::op")`` a no-op for ops that were never defined.
 
-    PyPI's torchvision 0.28 is a CUDA build: on a CPU torch its ``_meta_registrations`` call
-    ``torch.library.register_fake("torchvision::nms")`` for an operator that was never
-    defined, so ``import torchvision`` raises. Skipping the fake kernels of undefined ops is
-    exactly what ``torchvision.extension._has_ops()`` guards do for the other ops.
+    PyPI's torchvision 0.28 is a CUDA build: on a CPU torch its ``_meta_registrations`` register
+    fake kernels of ``torchvision::nms``/``qnms`` whose C library is absent, and the import
+    raises. Skipping fakes of undefined ops is what its ``_has_ops()`` guards do for the others.
     """
-    if "torchvision" in sys.modules or "torchvision" in APPLIED:
-        return
-    if importlib.util.find_spec("torchvision") is None:
+    if "torchvision" in APPLIED:
         return
     import torch
     import torch.library
 
+    if torch.cuda.is_available():
+        return
     original = torch.library.register_fake
 
     def register_fake(op: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(op, str) and op.startswith("torchvision::"):
-            namespace, name = op.split("::", 1)
-            if not hasattr(getattr(torch.ops, namespace), name.split(".")[0]):
+            name = op.split("::", 1)[1].split(".")[0]
+            if not hasattr(torch.ops.torchvision, name):
                 return lambda fn=None: fn
         return original(op, *args, **kwargs)
 
     torch.library.register_fake = register_fake
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        raise
-    finally:
-        torch.library.register_fake = original
     APPLIED.append("torchvision")
 
 
 class _MissingKernel:
-    """A stand-in for a ``sgl_kernel`` object: raises when called; its attributes are stand-ins too
-    (SGLang reads constants such as ``scalar_types.uint4b8`` at import time)."""
+    """A stand-in for a ``sgl_kernel`` object: raises when called; its attributes are stand-ins
+    too (SGLang reads constants such as ``scalar_types.uint4b8`` at import time)."""
 
     def __init__(self, qualname: str) -> None:
         self._qualname = qualname
@@ -77,7 +73,7 @@ class _MissingKernel:
 
 
 class _StandinModule(types.ModuleType):
-    """A module whose every missing attribute is a function that raises when called."""
+    """A module whose every missing attribute is a stand-in kernel."""
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
@@ -87,11 +83,25 @@ class _StandinModule(types.ModuleType):
         return value
 
 
-class _StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves ``sgl_kernel`` and its submodules to stand-in modules."""
+def _sgl_kernel_missing() -> bool:
+    """No real ``sgl_kernel`` on the path and no CUDA: SGLang imports it but never calls it."""
+    if importlib.machinery.PathFinder.find_spec("sgl_kernel", sys.path) is not None:
+        return False
+    import torch
 
+    return not torch.cuda.is_available()
+
+
+class _CompatFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname == "sgl_kernel" or fullname.startswith("sgl_kernel."):
+        if fullname == "torchvision":
+            _guard_torchvision_register_fake()
+            return None  # the real torchvision, imported normally
+        if fullname.split(".")[0] == "sgl_kernel" and (
+            "sgl_kernel" in APPLIED or _sgl_kernel_missing()
+        ):
+            if "sgl_kernel" not in APPLIED:
+                APPLIED.append("sgl_kernel")
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
 
@@ -103,13 +113,3 @@ class _StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         return None
-
-
-def _install_sgl_kernel_standin() -> None:
-    """SGLang imports ``sgl_kernel`` on CPU but, without AMX, never calls it; PyPI has no CPU build."""
-    if "sgl_kernel" in APPLIED:
-        return
-    if importlib.util.find_spec("sgl_kernel") is not None:
-        return
-    sys.meta_path.append(_StandinFinder())
-    APPLIED.append("sgl_kernel")

@@ -1,0 +1,71 @@
+"""Finding and loading workload data.
+
+Benchmarks read the data sets in ``../shared/data`` (or ``$MEMSERVE_DATA_DIR``) when present; a
+user without them gets the small sample shipped in the package, so every entry point works from
+the project alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+SHAREGPT_FILE = "sharegpt_v3_en_sample.json"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A multi-turn chat: the user turns in order (answers are generated at replay time)."""
+
+    id: str
+    user_turns: tuple[str, ...]
+
+
+def data_dir() -> Path | None:
+    """``$MEMSERVE_DATA_DIR``, else ``shared/data`` beside the checkout, else None."""
+    env = os.environ.get("MEMSERVE_DATA_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[3]
+    candidate = repo.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def shipped_sample() -> Path:
+    return Path(str(resources.files("sglang_memserve") / "data" / "sample_conversations.json"))
+
+
+def load_sharegpt(path: Path | None = None, *, limit: int | None = None, min_turns: int = 1,
+                  max_turns: int | None = None, max_chars: int | None = None) -> list[Conversation]:
+    """Load ShareGPT-format conversations (``[{id, conversations: [{from, value}]}]``).
+
+    Args:
+        path: the file; default: the shared data set if present, else the shipped sample.
+        limit: keep at most this many conversations (in file order, so runs are reproducible).
+        min_turns: skip conversations with fewer user turns.
+        max_turns: truncate to this many user turns.
+        max_chars: truncate each user turn to this many characters.
+    Returns:
+        The conversations, user turns only.
+    """
+    if path is None:
+        shared = data_dir()
+        path = shared / SHAREGPT_FILE if shared and (shared / SHAREGPT_FILE).exists() \
+            else shipped_sample()
+    out: list[Conversation] = []
+    for item in json.loads(Path(path).read_text()):
+        turns = [t["value"] for t in item.get("conversations", [])
+                 if t.get("from") == "human" and t.get("value", "").strip()]
+        if max_chars:
+            turns = [t[:max_chars] for t in turns]
+        if max_turns:
+            turns = turns[:max_turns]
+        if len(turns) < min_turns:
+            continue
+        out.append(Conversation(str(item.get("id", len(out))), tuple(turns)))
+        if limit and len(out) >= limit:
+            break
+    return out

@@ -1,0 +1,31 @@
+"""Shared fixtures: real MemServe server processes on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sglang_memserve import compat
+
+# The test process imports SGLang's frontend (-> transformers -> torchvision) too.
+compat.apply_import_patches()
+
+from sglang_memserve.cluster import ServerProcess  # noqa: E402
+from sglang_memserve.model import ensure_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return ensure_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def memserve_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[ServerProcess]:
+    """One colocated MemServe instance on the tiny embedded model, shared by the session."""
+    server = ServerProcess(["--model-path", str(tiny_model)],
+                           tmp_path_factory.mktemp("logs"), name="memserve")
+    with server:
+        yield server
