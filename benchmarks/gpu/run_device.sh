@@ -19,12 +19,14 @@ pack)
   grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$WHL" \
-    flashinfer-python==0.6.0 apache-tvm-ffi==0.1.15.post2
+    flashinfer-python==0.6.0 apache-tvm-ffi==0.1.15.post2 orjson==3.13.0 pyzmq==27.3.0
   # flashinfer's other requirements (click, einops, ninja, numpy, nvidia-ml-py, packaging,
   # requests, tabulate, torch, tqdm) are in the device image; nvidia-cudnn-frontend and
-  # nvidia-cutlass-dsl are only imported by kernels this path does not use.
+  # nvidia-cutlass-dsl are only imported by kernels this path does not use. orjson and pyzmq:
+  # sglang_memserve.mempool imports them (its package __init__ runs before mempool.tier).
   ls -la "$WHL"
   ;;
 run)

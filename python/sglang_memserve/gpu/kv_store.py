@@ -117,8 +117,8 @@ class _KVPageStoreBase(PageStore):
         """
         dev = self.buffer.device
         n = len(pages)
-        out = torch.empty((n, self.shape.num_segs, self.shape.seg_words), dtype=self.shape.word_dtype,
-                          device=dev)
+        s = self.shape
+        out = torch.empty((n, s.num_segs, s.seg_words), dtype=s.word_dtype, device=dev)
         view = _contiguous_view(out, self.shape)
         copy_pages(self.page_view(), view, self._ids(pages, dev), torch.arange(n, device=dev))
         return out.view(torch.uint8).reshape(n, self.shape.page_nbytes).cpu()
@@ -141,7 +141,8 @@ class _KVPageStoreBase(PageStore):
         if self.buffer.is_cuda:
             torch.cuda.current_stream(dev).synchronize()
 
-    def copy_pages(self, src_pages: Sequence[int], dst: PageStore, dst_pages: Sequence[int]) -> None:
+    def copy_pages(self, src_pages: Sequence[int], dst: PageStore,
+                   dst_pages: Sequence[int]) -> None:
         """Copy page images to another store; one batched kernel when ``dst`` is a KV store here.
 
         Synchronous: on return the bytes are in ``dst`` (use :class:`~.swap.SwapEngine` for the

@@ -10,8 +10,9 @@ modes:
 
 * ``"staged"`` (default): a Triton kernel gathers a chunk of pages into a page-major device
   staging buffer, then one DMA copy per run of consecutive host pages moves it to pinned DRAM
-  (reverse for swap-in). Two staging buffers and two streams (kernel stream, copy stream)
-  pipeline gather of chunk ``k + 1`` with the DMA of chunk ``k``.
+  (reverse for swap-in). Several staging buffers and two streams (a high-priority kernel
+  stream, a copy stream) pipeline the gather of later chunks with the DMA of earlier ones; the
+  copy engine does the bulk of the work, so compute on the SMs runs alongside.
 * ``"direct"``: one Triton kernel reads the device pages and writes pinned host memory directly
   through unified virtual addressing (zero-copy), no staging memory.
 
@@ -103,11 +104,15 @@ class SwapEngine:
         device_store: the HBM tier.
         host_store: the pinned DRAM tier (same :class:`~.kv_store.KVShape`).
         mode: ``"staged"``, ``"direct"`` or ``"torch"`` (``index_select`` + copy, reference).
-        chunk_pages: pages per staging buffer (``"staged"``; two buffers are allocated).
+        chunk_pages: pages per staging buffer (``"staged"``).
+        num_staging: staging buffers (``"staged"``): gathers run this many chunks ahead of DMA.
+        high_priority: run the swap kernels on a high-priority stream, so that their blocks are
+            scheduled ahead of pending compute blocks and the DMA pipeline never starves.
     """
 
     def __init__(self, device_store: CudaPagedKVStore, host_store: PinnedHostKVStore, *,
-                 mode: str = "staged", chunk_pages: int = 32) -> None:
+                 mode: str = "staged", chunk_pages: int = 32, num_staging: int = 4,
+                 high_priority: bool = True) -> None:
         if device_store.shape != host_store.shape:
             raise ValueError(f"shape mismatch: {device_store.shape} vs {host_store.shape}")
         if mode not in SWAP_MODES:
@@ -121,7 +126,7 @@ class SwapEngine:
         if not self.cuda:
             return
         device = device_store.buffer.device
-        self.kernel_stream = torch.cuda.Stream(device)
+        self.kernel_stream = torch.cuda.Stream(device, priority=-1 if high_priority else 0)
         self.copy_stream = torch.cuda.Stream(device)
         s = device_store.shape
         self._staging: list[torch.Tensor] = []
@@ -130,11 +135,12 @@ class SwapEngine:
                 self._staging = [
                     torch.empty((chunk_pages, s.num_segs, s.seg_words), dtype=s.word_dtype,
                                 device=device)
-                    for _ in range(2)
+                    for _ in range(num_staging)
                 ]
                 self._arange = torch.arange(chunk_pages, dtype=torch.int64, device=device)
-        self._ready = [torch.cuda.Event() for _ in range(2)]
-        self._free = [torch.cuda.Event() for _ in range(2)]
+        nbuf = max(1, len(self._staging))
+        self._ready = [torch.cuda.Event() for _ in range(nbuf)]
+        self._free = [torch.cuda.Event() for _ in range(nbuf)]
         self._next = 0
 
     def _stage_view(self, k: int) -> PageView:
@@ -229,7 +235,7 @@ class SwapEngine:
             c1 = min(n, c0 + self.chunk_pages)
             m = c1 - c0
             k = self._next
-            self._next ^= 1
+            self._next = (k + 1) % len(self._staging)
             buf = self._staging[k].view(self.chunk_pages, -1)
             sv = self._stage_view(k)
             runs = _runs(host_pages[c0:c1])
