@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import orjson
 import pytest
@@ -90,7 +91,8 @@ def test_event_stream_replay_equals_pool_tree(pool):
         churn(pool, random.Random(1), 300)
         drain(m, pool)
         assert m.tree.flatten() == expected(pool)
-        assert m.resyncs == 1
+        # 1, or 2 if the first messages beat the subscription (ZMQ slow joiner): a gap.
+        assert m.resyncs in (1, 2)
     finally:
         m.close()
 
@@ -99,6 +101,7 @@ def test_event_format(pool):
     m = mirror_of(pool)
     try:
         m.resync()
+        time.sleep(0.3)  # let the subscription reach the publisher (ZMQ slow joiner)
         pages = pool.alloc_mem(2)
         pool.insert(list(range(2 * PS)), pages)
         assert m._sock.poll(2000)
@@ -117,24 +120,25 @@ def test_event_format(pool):
 
 def test_gap_triggers_snapshot_resync(pool):
     m = mirror_of(pool)
+    fresh = iter(range(100, 10_000))
+
+    def one_message():
+        pool.insert([next(fresh)] * PS, pool.alloc_mem(1))
+
     try:
-        rng = random.Random(2)
-        churn(pool, rng, 50)
-        # Late joiner: the first message it sees is far past seq 1 -> snapshot.
-        churn(pool, rng, 5)
+        churn(pool, random.Random(2), 50)
+        time.sleep(0.3)  # let the subscription reach the publisher (ZMQ slow joiner)
+        one_message()  # late joiner: first message far past seq 1 -> snapshot
         drain(m, pool)
-        assert m.resyncs >= 1
+        assert m.resyncs == 1
         assert m.tree.flatten() == expected(pool)
-        # Drop messages on the floor (simulated loss) -> the next one is a gap.
-        before = m.resyncs
-        churn(pool, rng, 30)
-        while m._sock.poll(200):
+        one_message()
+        one_message()
+        while m._sock.poll(300):  # simulated loss: drop them on the floor
             m._sock.recv_multipart()
-        churn(pool, rng, 30)
-        pages = pool.alloc_mem(1)
-        pool.insert([9] * PS, pages)  # at least one more message
+        one_message()
         drain(m, pool)
-        assert m.resyncs == before + 1
+        assert m.resyncs == 2
         assert m.tree.flatten() == expected(pool)
     finally:
         m.close()

@@ -206,11 +206,11 @@ class PoolMachine(RuleBasedStateMachine):
         except OutOfPages:
             self.absorb_evictions((dst,))
             return
-        self.absorb_evictions((dst,))
         for p in self.paths(tokens):
             if p not in self.model[src]:
                 break
             self.model[dst][p] = fingerprint(p)
+        self.absorb_evictions((dst,))
 
     @rule(tier=tier_st, cap=st.integers(0, 16))
     def resize(self, tier, cap):
