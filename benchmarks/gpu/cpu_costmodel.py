@@ -36,8 +36,9 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..
                            "sglang_memserve", "gpu", "tables", "cpu-bench.json")
 
 
-def best_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
-    """Shortest wall time of ``fn`` over ``reps`` runs after ``warmup`` runs.
+def best_time(fn: Callable[[], object], reps: int, warmup: int = 1,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Shortest time of ``fn`` over ``reps`` runs after ``warmup`` runs.
 
     The minimum, not the median: development machines are shared, and other processes only
     ever add time.
@@ -46,6 +47,9 @@ def best_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
         fn: the work.
         reps: timed runs.
         warmup: untimed runs first.
+        clock: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time:
+            with one torch thread, the time the work takes on an idle core, whatever else
+            the machine runs).
 
     Returns:
         Seconds.
@@ -54,9 +58,9 @@ def best_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
         fn()
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return min(ts)
 
 
@@ -156,8 +160,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--quick", action="store_true", help="tiny grid (smoke test)")
-    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable timings on a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    # One torch thread: this thread's CPU time is the work's time on an idle core.
+    clock = time.thread_time if args.threads == 1 else time.perf_counter
     torch.manual_seed(0)
     shape = BENCH
     xs = [64, 256] if args.quick else [64, 256, 512, 1024, 2048, 4096]
@@ -176,7 +185,7 @@ def main() -> None:
                 pos = torch.arange(y, x)
                 attn = prefix_attn(pk, pv)
                 t = best_time(lambda ids=ids, pos=pos, attn=attn: model.forward(ids, pos, attn),
-                                args.reps)
+                              args.reps, clock=clock)
                 points.append((x, y, t))
                 print(f"exec x={x:5d} y={y:5d}: {t * 1e3:9.2f} ms", flush=True)
         decode = []
@@ -186,7 +195,7 @@ def main() -> None:
                 ids = torch.randint(0, shape.vocab, (b,))
                 pos = torch.full((b,), c)
                 t = best_time(lambda ids=ids, pos=pos, attn=attn: model.forward(
-                    ids, pos, attn, last_token_logits=False), args.reps)
+                    ids, pos, attn, last_token_logits=False), args.reps, clock=clock)
                 decode.append((b, c, t))
                 print(f"decode batch={b:3d} ctx={c:5d}: {t * 1e3:8.2f} ms", flush=True)
 
@@ -199,8 +208,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     dp = torch.randperm(2 * npages, generator=g)[:npages].tolist()
     hp = torch.randperm(2 * npages, generator=g)[:npages].tolist()
-    t_out = best_time(lambda: eng.swap_out(dp, hp), args.reps + 2)
-    t_in = best_time(lambda: eng.swap_in(hp, dp), args.reps + 2)
+    t_out = best_time(lambda: eng.swap_out(dp, hp), args.reps + 2, clock=clock)
+    t_in = best_time(lambda: eng.swap_in(hp, dp), args.reps + 2, clock=clock)
     t_tx = loopback_transfer_per_page(host, npages, args.reps + 2)
     print(f"swap out {t_out / npages * 1e6:.1f} us/page, in {t_in / npages * 1e6:.1f} us/page, "
           f"loopback TCP {t_tx * 1e6:.1f} us/page ({kv.page_nbytes} B/page)")
@@ -220,9 +229,11 @@ def main() -> None:
                        "loopback TCP connection (the CPU bench's instances share a host)",
         meta={
             "script": "benchmarks/gpu/cpu_costmodel.py",
-            "method": f"shortest wall time of {args.reps} runs after 1 warm-up (shared "
-                      f"machine); torch {torch.__version__}; SDPA over the cached prefix; "
-                      "LM head on the last token; y rounded to pages",
+            "method": f"shortest of {args.reps} runs after 1 warm-up, "
+                      f"{'thread CPU time' if clock is time.thread_time else 'wall time'} with "
+                      f"{args.threads} torch thread(s) (the machine is shared: CPU time is what "
+                      f"an idle core would take); torch {torch.__version__}; SDPA over the "
+                      "cached prefix; LM head on the last token; y rounded to pages",
             "swap": f"SwapEngine (torch mode) between two DRAM page stores, {npages} scattered "
                     "pages per call",
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -43,11 +43,13 @@ def _stores(dev_pages: int = 96, host_pages: int = 80):
     return d, h
 
 
+@pytest.mark.parametrize("async_enqueue", [True, False])
 @pytest.mark.parametrize("mode", ["staged", "direct", "torch"])
-def test_swap_round_trip(mode: str) -> None:
+def test_swap_round_trip(mode: str, async_enqueue: bool) -> None:
     d, h = _stores()
     before = d.buffer.clone()
-    eng = SwapEngine(d, h, mode=mode, chunk_pages=8)  # several chunks: exercises the pipeline
+    # Several chunks per call: exercises the staging pipeline.
+    eng = SwapEngine(d, h, mode=mode, chunk_pages=8, async_enqueue=async_enqueue)
     g = torch.Generator().manual_seed(0)
     dp = torch.randperm(96, generator=g)[:37].tolist()
     scattered = [p for p in torch.randperm(80, generator=g).tolist() if not 40 <= p < 47]
@@ -62,6 +64,25 @@ def test_swap_round_trip(mode: str) -> None:
         assert torch.equal(d.buffer[:, :, b], before[:, :, a])
     hd.synchronize()
     assert hd.done()
+    with pytest.raises(IndexError):
+        eng.swap_out([96], [0])
+    eng.close()
+
+
+def test_back_to_back_swaps_keep_order() -> None:
+    """Queued swaps run in call order: out, overwrite, in, out again, all without waiting."""
+    d, h = _stores()
+    eng = SwapEngine(d, h, chunk_pages=4)
+    first = d.read_pages([1, 2, 3])
+    h1 = eng.swap_out([1, 2, 3], [0, 1, 2])
+    eng.swap_in([0, 1, 2], [10, 11, 12])  # reads what the first swap wrote
+    h1.wait()  # device-side: pages 1-3 may be reused after this
+    d.buffer[:, :, 1:4].fill_(0)
+    h3 = eng.swap_out([10, 11, 12], [20, 21, 22])
+    h3.synchronize()
+    assert h1.done()
+    assert torch.equal(h.read_pages([20, 21, 22]), first)
+    assert torch.equal(d.read_pages([10, 11, 12]), first)
 
 
 @pytest.mark.parametrize("mode", ["staged", "direct"])

@@ -16,15 +16,22 @@ modes:
 * ``"direct"``: one Triton kernel reads the device pages and writes pinned host memory directly
   through unified virtual addressing (zero-copy), no staging memory.
 
-Ordering: the swap streams first wait for the current stream, so a swap-out sees every write the
-model issued before the call, and a swap-in never overwrites pages that earlier kernels still
-read. Before using swapped-in pages call :meth:`SwapHandle.wait` (a device-side wait on the
-current stream); before reading swapped-out host pages on the CPU call
-:meth:`SwapHandle.synchronize`.
+Issuing a staged swap takes the host one DMA call per run of consecutive host pages (hundreds
+for a large, fragmented batch: ~10-20 ms of CPU). By default a worker thread issues them, so
+``swap_out`` / ``swap_in`` return at once and the scheduler thread keeps launching the model; the
+calls are issued in order.
+
+Ordering: the swap streams first wait for an event recorded on the caller's current stream at
+the call, so a swap-out sees every write the model issued before the call, and a swap-in never
+overwrites pages that earlier kernels still read. Before using swapped-in pages, or reusing
+swapped-out device pages, call :meth:`SwapHandle.wait` (a device-side wait on the current
+stream); before reading swapped-out host pages on the CPU call :meth:`SwapHandle.synchronize`.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +59,19 @@ class SwapHandle:
     num_pages: int
     nbytes: int
     keepalive: list[Any] = field(default_factory=list)
+    _enqueued: threading.Event | None = None
+    _error: BaseException | None = None
+
+    def _check_enqueued(self, block: bool) -> bool:
+        """Whether the engine's worker has issued the copies (re-raising its error)."""
+        if self._enqueued is not None:
+            if block:
+                self._enqueued.wait()
+            elif not self._enqueued.is_set():
+                return False
+        if self._error is not None:
+            raise RuntimeError("swap failed while issuing its copies") from self._error
+        return True
 
     def done(self) -> bool:
         """Whether the swap has completed (non-blocking).
@@ -59,20 +79,24 @@ class SwapHandle:
         Returns:
             True once every copy of the call has finished.
         """
+        if not self._check_enqueued(block=False):
+            return False
         return self.event is None or self.event.query()
 
     def wait(self, stream: torch.cuda.Stream | None = None) -> None:
         """Make ``stream`` (default: the current stream) wait for the swap, without blocking the
-        host.
+        host on the copies (it waits only until they are issued).
 
         Args:
             stream: the stream whose later work needs the pages.
         """
+        self._check_enqueued(block=True)
         if self.event is not None:
             (stream or torch.cuda.current_stream()).wait_event(self.event)
 
     def synchronize(self) -> None:
         """Block the host until the swap has completed."""
+        self._check_enqueued(block=True)
         if self.event is not None:
             self.event.synchronize()
 
@@ -107,12 +131,14 @@ class SwapEngine:
         chunk_pages: pages per staging buffer (``"staged"``).
         num_staging: staging buffers (``"staged"``): gathers run this many chunks ahead of DMA.
         high_priority: run the swap kernels on a high-priority stream, so that their blocks are
-            scheduled ahead of pending compute blocks and the DMA pipeline never starves.
+            scheduled ahead of pending compute blocks.
+        async_enqueue: issue the copies from a worker thread (CUDA only); the call returns
+            after recording one event.
     """
 
     def __init__(self, device_store: CudaPagedKVStore, host_store: PinnedHostKVStore, *,
                  mode: str = "staged", chunk_pages: int = 32, num_staging: int = 4,
-                 high_priority: bool = True) -> None:
+                 high_priority: bool = True, async_enqueue: bool = True) -> None:
         if device_store.shape != host_store.shape:
             raise ValueError(f"shape mismatch: {device_store.shape} vs {host_store.shape}")
         if mode not in SWAP_MODES:
@@ -123,6 +149,7 @@ class SwapEngine:
         self.chunk_pages = chunk_pages
         self.cuda = device_store.buffer.is_cuda
         self.page_nbytes = device_store.shape.page_nbytes
+        self._queue: queue.SimpleQueue | None = None
         if not self.cuda:
             return
         device = device_store.buffer.device
@@ -142,6 +169,34 @@ class SwapEngine:
         self._ready = [torch.cuda.Event() for _ in range(nbuf)]
         self._free = [torch.cuda.Event() for _ in range(nbuf)]
         self._next = 0
+        if async_enqueue:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._worker, args=(device,), daemon=True,
+                                            name="memserve-swap")
+            self._thread.start()
+
+    def _worker(self, device: torch.device) -> None:
+        """Issue queued swaps in order (the caller's thread only records an event)."""
+        torch.cuda.set_device(device)
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, handle = item
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiter
+                handle._error = e
+            finally:
+                handle._enqueued.set()
+
+    def close(self) -> None:
+        """Stop the issuing thread (after the swaps already queued)."""
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
 
     def _stage_view(self, k: int) -> PageView:
         s = self.dev.shape
@@ -183,31 +238,46 @@ class SwapEngine:
         for ids, store in ((dev_pages, self.dev), (host_pages, self.host)):
             if min(ids) < 0 or max(ids) >= store.num_pages:
                 raise IndexError(f"page ids outside [0, {store.num_pages})")
-        if not self.cuda or self.mode == "torch":
+        if not self.cuda:
             dv, hv = self.dev.page_view(), self.host.page_view()
             di = self.dev._ids(dev_pages, self.dev.buffer.device)
             hi = self.host._ids(host_pages, torch.device("cpu"))
-            if self.cuda:
-                cur = torch.cuda.current_stream()
-                self.kernel_stream.wait_stream(cur)
-                with torch.cuda.stream(self.kernel_stream):
-                    src, dst, si, dsti = (dv, hv, di, hi) if out else (hv, dv, hi, di)
-                    copy_pages(src, dst, si, dsti, use_triton=False)
-                    ev = torch.cuda.Event()
-                    ev.record(self.kernel_stream)
-                return SwapHandle(ev, n, nbytes, [di])
             src, dst, si, dsti = (dv, hv, di, hi) if out else (hv, dv, hi, di)
             copy_pages(src, dst, si, dsti, use_triton=False)
             return SwapHandle(None, n, nbytes)
-        cur = torch.cuda.current_stream()
-        self.kernel_stream.wait_stream(cur)
-        self.copy_stream.wait_stream(cur)
-        if self.mode == "direct":
-            return self._swap_direct(dev_pages, host_pages, out, nbytes)
-        return self._swap_staged(dev_pages, host_pages, out, nbytes)
+        # Everything issued before this call on the current stream comes first.
+        start = torch.cuda.Event()
+        start.record()
+        done = torch.cuda.Event()
+        handle = SwapHandle(done, n, nbytes)
+        issue = {"staged": self._swap_staged, "direct": self._swap_direct,
+                 "torch": self._swap_torch}[self.mode]
+
+        def job() -> None:
+            self.kernel_stream.wait_event(start)
+            self.copy_stream.wait_event(start)
+            handle.keepalive.extend(issue(dev_pages, host_pages, out, done))
+
+        if self._queue is None:
+            job()
+        else:
+            handle._enqueued = threading.Event()
+            self._queue.put((job, handle))
+        return handle
+
+    def _swap_torch(self, dev_pages: list[int], host_pages: list[int], out: bool,
+                    done: torch.cuda.Event) -> list[Any]:
+        dv, hv = self.dev.page_view(), self.host.page_view()
+        with torch.cuda.stream(self.kernel_stream):
+            di = self.dev._ids(dev_pages, self.dev.buffer.device)
+            hi = self.host._ids(host_pages, torch.device("cpu"))
+            src, dst, si, dsti = (dv, hv, di, hi) if out else (hv, dv, hi, di)
+            copy_pages(src, dst, si, dsti, use_triton=False)
+            done.record(self.kernel_stream)
+        return [di]
 
     def _swap_direct(self, dev_pages: list[int], host_pages: list[int], out: bool,
-                     nbytes: int) -> SwapHandle:
+                     done: torch.cuda.Event) -> list[Any]:
         device = self.dev.buffer.device
         ids = torch.tensor([dev_pages, host_pages], dtype=torch.int64).pin_memory()
         with torch.cuda.stream(self.kernel_stream):
@@ -217,20 +287,22 @@ class SwapEngine:
                 copy_pages(dv, hv, ids_d[0], ids_d[1], use_triton=True)
             else:
                 copy_pages(hv, dv, ids_d[1], ids_d[0], use_triton=True)
-            ev = torch.cuda.Event()
-            ev.record(self.kernel_stream)
-        return SwapHandle(ev, len(dev_pages), nbytes, [ids, ids_d])
+            done.record(self.kernel_stream)
+        return [ids, ids_d]
 
     def _swap_staged(self, dev_pages: list[int], host_pages: list[int], out: bool,
-                     nbytes: int) -> SwapHandle:
+                     done: torch.cuda.Event) -> list[Any]:
         device = self.dev.buffer.device
         n = len(dev_pages)
+        # Host order: consecutive host pages become one DMA copy each.
+        order = sorted(range(n), key=host_pages.__getitem__)
+        dev_pages = [dev_pages[i] for i in order]
+        host_pages = [host_pages[i] for i in order]
         ids = torch.tensor(dev_pages, dtype=torch.int64).pin_memory()
         with torch.cuda.stream(self.kernel_stream):
             ids_d = ids.to(device, non_blocking=True)
         rows = self.host.page_rows()
         dv = self.dev.page_view()
-        last = torch.cuda.Event()
         for c0 in range(0, n, self.chunk_pages):
             c1 = min(n, c0 + self.chunk_pages)
             m = c1 - c0
@@ -263,5 +335,5 @@ class SwapEngine:
                     self._free[k].record(self.kernel_stream)
         # The last consumer stream finished everything before it (both streams are in order, and
         # each chunk's consumer waited for its producer).
-        last.record(self.copy_stream if out else self.kernel_stream)
-        return SwapHandle(last, n, nbytes, [ids, ids_d])
+        done.record(self.copy_stream if out else self.kernel_stream)
+        return [ids, ids_d]
