@@ -97,7 +97,7 @@ def test_source_killed_mid_transfer_destination_reaps(spawn_worker):
         w.kill()
         dst.check_integrity()  # reserved pages count as in use meanwhile
         assert dst.match(tokens).num_tokens == 0
-        deadline = time.monotonic() + cfg.txn_lease_s + 3
+        deadline = time.monotonic() + cfg.txn_lease_s + 8  # + size-scaled part
         while dst.pending_transfers and time.monotonic() < deadline:
             time.sleep(0.05)
         assert dst.pending_transfers == 0

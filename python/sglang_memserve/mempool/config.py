@@ -20,6 +20,8 @@ class MemPoolConfig:
             raises within about this long (Mooncake's own default is 30 s).
         max_batch_entries: segments per Mooncake batch call (it fails, and then stays broken for
             that peer, on batches of a few thousand entries).
+        min_transfer_rate_bps: slowest rate a healthy transfer is assumed to reach; an incoming
+            transfer's lease grows by its size at this rate.
         control_port / event_port: 0 picks a free port.
     """
 
@@ -29,6 +31,7 @@ class MemPoolConfig:
     device_name: str = ""
     transfer_timeout_s: float = 5.0
     max_batch_entries: int = 1024
+    min_transfer_rate_bps: float = 50e6
     control_port: int = 0
     event_port: int = 0
 

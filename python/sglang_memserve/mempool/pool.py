@@ -542,8 +542,12 @@ class MemPool:
                 if handle is not None:
                     self.tree.unlock(handle)
                 raise
+            # The lease also scales with the bytes to receive, so a long healthy transfer is
+            # never reaped (and its pages reused) while the source is still writing.
+            nbytes = len(pages) * t.store.layout.page_nbytes
+            lease = self.config.txn_lease_s + nbytes / self.config.min_transfer_rate_bps
             self._txns[msg["txn"]] = _IncomingTxn(
-                path, tier, skip, pages, handle, time.monotonic() + self.config.txn_lease_s
+                path, tier, skip, pages, handle, time.monotonic() + lease
             )
             return {"skip": skip, "pages": pages, "layout": t.store.layout.to_json()}
 
