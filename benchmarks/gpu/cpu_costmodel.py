@@ -104,13 +104,13 @@ def decode_attn(ctx: int, batch: int, kvh: int, hd: int):
     Returns:
         An attention callable (context K/V shared across layers; timing only).
     """
-    ks = torch.randn(batch, kvh, ctx, hd)
-    vs = torch.randn(batch, kvh, ctx, hd)
+    ks = torch.randn(batch, kvh, ctx + 1, hd)
+    vs = torch.randn(batch, kvh, ctx + 1, hd)
 
     def attn(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kk = torch.cat([ks, k[:, :, None, :]], dim=2)
-        vv = torch.cat([vs, v[:, :, None, :]], dim=2)
-        o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None, :], kk, vv,
+        ks[:, :, ctx] = k  # append in place, as a KV cache does
+        vs[:, :, ctx] = v
+        o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None, :], ks, vs,
                                                              enable_gqa=True)
         return o[:, :, 0, :]
 
@@ -169,7 +169,7 @@ def main() -> None:
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     torch.manual_seed(0)
     shape = BENCH
-    xs = [64, 256] if args.quick else [64, 256, 512, 1024, 2048, 4096]
+    xs = [64, 256] if args.quick else [64, 256, 512, 1024, 2048]
     fracs = [0.0, 0.5] if args.quick else [0.0, 0.25, 0.5, 0.75, 0.9]
     model = LlamaStack(shape, shape.num_layers, dtype=torch.float32, device="cpu")
     hd, kvh = shape.head_dim, shape.num_kv_heads
@@ -189,7 +189,7 @@ def main() -> None:
                 points.append((x, y, t))
                 print(f"exec x={x:5d} y={y:5d}: {t * 1e3:9.2f} ms", flush=True)
         decode = []
-        for b in ([1, 8] if args.quick else [1, 4, 16, 32]):
+        for b in ([1, 8] if args.quick else [1, 8, 32]):
             for c in ([256] if args.quick else [256, 1024, 4096]):
                 attn = decode_attn(c, b, kvh, hd)
                 ids = torch.randint(0, shape.vocab, (b,))

@@ -21,6 +21,7 @@ from sglang_memserve.gpu.kv_store import (  # noqa: E402
     CudaPagedKVStore,
     KVShape,
     PinnedHostKVStore,
+    make_cuda_tiers,
 )
 from sglang_memserve.gpu.swap import SwapEngine, _runs  # noqa: E402
 from sglang_memserve.mempool.tensor_tier import LayerFirstTensorStore  # noqa: E402
@@ -152,3 +153,12 @@ def test_triton_copy_kernel_in_interpreter() -> None:
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_make_cuda_tiers() -> None:
+    dev, host = make_cuda_tiers(SHAPE, 10, 6, device="cpu", pin=False, base=1)
+    assert (dev.name, host.name) == ("device", "host")
+    assert dev.allocator.page_ids == range(1, 10) and host.allocator.page_ids == range(1, 6)
+    pages = dev.allocator.alloc(3)
+    assert 0 not in pages
+    dev.store.copy_pages(pages, host.store, host.allocator.alloc(3))

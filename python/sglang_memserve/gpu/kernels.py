@@ -189,7 +189,11 @@ def copy_pages(
         )
         return
     # Torch path: gather on the source's device, then scatter on the destination's.
+    # Segment by segment: each is a [pages, seg_words] view with contiguous rows, which
+    # index_select / index_copy_ move row by row (a 3-D strided gather takes a slow path).
     # Blocking device change: a non-blocking device->host copy could be read before it lands.
     sdev, ddev = src.words.device, dst.words.device
-    gathered = src.as_strided().index_select(0, src_ids.to(sdev))
-    dst.as_strided().index_copy_(0, dst_ids.to(ddev), gathered.to(ddev))
+    sids, dids = src_ids.to(sdev), dst_ids.to(ddev)
+    sv, dv = src.as_strided(), dst.as_strided()
+    for s in range(src.num_segs):
+        dv[:, s, :].index_copy_(0, dids, sv[:, s, :].index_select(0, sids).to(ddev))

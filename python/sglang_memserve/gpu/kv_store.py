@@ -23,7 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..mempool.tier import PageLayout, PageStore, Region, SegmentStream, check_compatible
+from ..mempool.tensor_tier import FreeListAllocator
+from ..mempool.tier import (
+    PageLayout,
+    PageStore,
+    Region,
+    SegmentStream,
+    Tier,
+    check_compatible,
+)
 from .kernels import PageView, copy_pages, flat_words, word_dtype
 
 
@@ -304,3 +312,27 @@ class PinnedHostKVStore(_KVPageStoreBase):
             raise ValueError(f"page images of shape {tuple(data.shape)} for {n} pages")
         ids = self._ids(pages, torch.device("cpu"))
         self.buffer.view(torch.uint8).view(self.num_pages, -1).index_copy_(0, ids, data.cpu())
+
+
+def make_cuda_tiers(shape: KVShape, device_pages: int, host_pages: int, *,
+                    device: str | torch.device = "cuda", pin: bool | None = None,
+                    base: int = 0) -> tuple[Tier, Tier]:
+    """MemPool tiers over the CUDA stores: ``("device", HBM)`` and ``("host", pinned DRAM)``.
+
+    Args:
+        shape: KV page shape.
+        device_pages: physical HBM pages.
+        host_pages: physical pinned DRAM pages.
+        device: torch device of the HBM tier (``"cpu"`` for tests).
+        pin: page-lock the host tier (default: when CUDA is available).
+        base: first page id the allocators hand out (SGLang keeps page 0 as padding: 1).
+
+    Returns:
+        ``(device_tier, host_tier)``, each a free-list allocator over its store.
+    """
+    dev = CudaPagedKVStore(device_pages, shape, device=device)
+    host = PinnedHostKVStore(host_pages, shape, pin=pin)
+    return (
+        Tier("device", FreeListAllocator(device_pages - base, base=base), dev),
+        Tier("host", FreeListAllocator(host_pages - base, base=base), host),
+    )
