@@ -28,7 +28,7 @@ class MemServeConfig:
         cache: ``memserve`` (MemPool-backed tree cache), ``stock`` (SGLang's own) or ``off``.
         instance_id: name of this instance in the pool and in KV events.
         host_pool_ratio: DRAM tier size as a multiple of the device KV pool (0 disables the tier).
-        events_port: ZMQ port of the KV-event publisher (0: no events).
+        events_port: ZMQ PUB port of the KV-event publisher (0: a free port; -1: none).
         host: address every MemServe endpoint binds to.
     """
 

@@ -61,7 +61,7 @@ def memserve_parser() -> argparse.ArgumentParser:
     g.add_argument("--mempool-host-ratio", type=float, default=0.0,
                    help="DRAM tier size as a multiple of the device KV pool (0: no DRAM tier)")
     g.add_argument("--kv-events-port", type=int, default=0,
-                   help="ZMQ port for KV events (0: none)")
+                   help="ZMQ PUB port of MemServe's KV events (0: a free port; -1: none)")
     g.add_argument("--embedded-model", choices=("tiny", "bench"), default="tiny",
                    help="embedded model served when --model-path is absent")
     return p
@@ -108,6 +108,16 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         sg += ROLE_FLAGS[ms.role]
     if not (_has(sg, "--radix-cache-backend") or _has(sg, "--disable-radix-cache")):
         sg += CACHE_FLAGS[ms.memserve_cache]
+    if ms.mempool_host_ratio > 0 and ms.memserve_cache == "memserve":
+        # The DRAM tier is SGLang's HiCache host pool, written back on eviction (write_back):
+        # device and host hold disjoint pages, so the two tiers add up instead of overlapping.
+        sg = _with_defaults(sg, {
+            "--enable-hierarchical-cache": None,
+            "--hicache-ratio": str(ms.mempool_host_ratio),
+            "--hicache-write-policy": "write_back",
+            "--hicache-io-backend": "direct",
+            "--hicache-mem-layout": "layer_first",
+        })
     # OpenAI usage reports cached prompt tokens: the figure MemServe exists to raise.
     sg = _with_defaults(sg, {"--enable-cache-report": None})
     env = {"HF_HUB_OFFLINE": "1"}

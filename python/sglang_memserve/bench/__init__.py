@@ -1,0 +1,1 @@
+"""Workload replay against MemServe / SGLang servers, and the metrics it reports."""

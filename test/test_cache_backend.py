@@ -1,0 +1,140 @@
+"""The MemServe cache backend inside a real SGLang server: token identity against SGLang's own cache
+and no cache, DRAM-tier hits, pressure, and KV events that rebuild the instance's index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from transformers import AutoTokenizer
+
+from sglang_memserve.bench.replay import ReplayConfig, replay
+from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.mempool import RadixTree, TreeMirror
+from sglang_memserve.workloads import Conversation, load_sharegpt
+
+CFG = ReplayConfig(rate=float("inf"), max_new_tokens=12)
+
+
+def conversations(n: int = 4, turns: int = 3) -> list[Conversation]:
+    return load_sharegpt(limit=n, min_turns=turns, max_turns=turns, max_chars=300)
+
+
+def outputs(url: str, tok, convs: list[Conversation]) -> dict[tuple[str, int], list[int]]:
+    records = replay(url, convs, tok, CFG)
+    assert all(r.error is None for r in records), [r.error for r in records if r.error]
+    return {(r.conv_id, r.turn): r.output_ids for r in records}
+
+
+def memserve_state(server: ServerProcess) -> dict:
+    info = requests.get(f"{server.url}/server_info", timeout=30).json()
+    return info["internal_states"][0]["memserve"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def uncached_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    with ServerProcess(["--model-path", str(tiny_model), "--memserve-cache", "off"],
+                       tmp_path_factory.mktemp("logs"), name="nocache") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def tiered_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    """A device tier of 640 tokens and a DRAM tier four times as large."""
+    with ServerProcess(["--model-path", str(tiny_model), "--max-total-tokens", "640",
+                        "--mempool-host-ratio", "4", "--max-running-requests", "4"],
+                       tmp_path_factory.mktemp("logs"), name="tiered") as s:
+        yield s
+
+
+def test_outputs_identical_memserve_stock_and_no_cache(memserve_server, uncached_server,
+                                                       tiny_model, tokenizer, tmp_path) -> None:
+    convs = conversations()
+    with ServerProcess(["--model-path", str(tiny_model), "--memserve-cache", "stock"],
+                       tmp_path, name="stock") as stock:
+        assert memserve_state(stock)["tree_cache_class"] == "UnifiedRadixCache"
+        stock_out = outputs(stock.url, tokenizer, convs)
+    base = outputs(uncached_server.url, tokenizer, convs)
+    ours = outputs(memserve_server.url, tokenizer, convs)
+    assert ours == base
+    assert stock_out == base
+    # Later turns carry earlier ones: the MemServe cache must have served them.
+    hits = memserve_state(memserve_server)["counters"]["hit_tokens"]["device"]
+    assert hits > 0
+
+
+def test_dram_tier_hits_keep_outputs(tiered_server, uncached_server, tokenizer) -> None:
+    convs = load_sharegpt(limit=8, min_turns=3, max_turns=3, max_chars=400)
+    base = outputs(uncached_server.url, tokenizer, convs)
+    records = replay(tiered_server.url, convs, tokenizer, CFG)
+    assert all(r.error is None for r in records)
+    assert {(r.conv_id, r.turn): r.output_ids for r in records} == base
+    state = memserve_state(tiered_server)
+    assert state["dram_tier"] is True
+    host_hits = sum(r.cached_by_tier.get("host", 0) for r in records)
+    assert host_hits > 0, "a device tier this small must send some hits through DRAM"
+    assert state["counters"]["hit_tokens"]["host"] == host_hits
+    assert state["counters"]["swap_pages"]["out"] > 0
+    assert state["counters"]["swap_pages"]["in"] > 0
+
+
+def test_pressure_bounded_and_events_rebuild_index(tiered_server, tokenizer) -> None:
+    state = memserve_state(tiered_server)
+    ends = state["endpoints"]
+    mirror = TreeMirror(state["instance_id"], ends["events"], ends["control"],
+                        state["page_size"])
+    try:
+        mirror.resync()
+        words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+        for i in range(40):  # ~40 x 150 tokens: far more than both tiers hold
+            text = " ".join(words[(i * 7 + j) % len(words)] + str(i) for j in range(60))
+            r = requests.post(f"{tiered_server.url}/generate", timeout=120, json={
+                "text": text, "sampling_params": {"max_new_tokens": 2, "temperature": 0}})
+            assert r.status_code == 200, r.text
+            mirror.poll(0.0)
+        while mirror.poll(0.5):
+            pass
+        after = memserve_state(tiered_server)
+        snap_tree = RadixTree(after["page_size"], allow_empty=True)
+        fresh = TreeMirror(after["instance_id"], ends["events"], ends["control"],
+                           after["page_size"], tree=snap_tree)
+        fresh.resync()
+        fresh.close()
+        assert mirror.tree.flatten() == snap_tree.flatten()
+        mirror.tree.check()
+        pages = after["index_pages"]
+        assert pages.get("device", 0) <= 640
+        assert pages.get("host", 0) <= 640 * 4
+        assert pages.get("host", 0) > 0
+    finally:
+        mirror.close()
+    # The server still serves.
+    r = requests.post(f"{tiered_server.url}/generate", timeout=60,
+                      json={"text": "still there?", "sampling_params": {"max_new_tokens": 2}})
+    assert r.status_code == 200
+
+
+def test_flush_clears_both_tiers_and_publishes(tiered_server) -> None:
+    state = memserve_state(tiered_server)
+    ends = state["endpoints"]
+    mirror = TreeMirror(state["instance_id"], ends["events"], ends["control"], state["page_size"])
+    try:
+        mirror.resync()
+        requests.post(f"{tiered_server.url}/generate", timeout=60, json={
+            "text": "a prompt to be flushed " * 10, "sampling_params": {"max_new_tokens": 2}})
+        mirror.poll(2.0)
+        assert requests.post(f"{tiered_server.url}/flush_cache", timeout=60).status_code == 200
+        mirror.poll(2.0)
+        while mirror.poll(0.3):
+            pass
+        assert memserve_state(tiered_server)["index_pages"] == {}
+        assert mirror.tree.flatten() == {}
+    finally:
+        mirror.close()
