@@ -16,8 +16,10 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available"),
 ]
-needs_flashinfer = pytest.mark.skipif(importlib.util.find_spec("flashinfer") is None,
-                                      reason="flashinfer not installed")
+_HAVE_FLASHINFER = importlib.util.find_spec("flashinfer") is not None
+needs_flashinfer = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _HAVE_FLASHINFER),
+    reason="CUDA not available" if not torch.cuda.is_available() else "flashinfer not installed")
 
 from sglang_memserve.gpu.attention import (  # noqa: E402
     PagedAttention,
