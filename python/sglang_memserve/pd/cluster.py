@@ -1,0 +1,327 @@
+"""A 1P1D prefill/decode cluster as real processes: prefill, decode and sglang-router's PD gateway.
+
+::
+
+    with pd_cluster(PdOptions(stage="caching2"), log_dir) as pd:
+        requests.post(f"{pd.url}/generate", json={...})
+
+The stages follow the MemServe paper's ladder (see ``docs/pd.md``):
+
+* ``basic``    PD-Basic: no prefix cache anywhere (prefill ``--memserve-cache off``);
+* ``caching1`` PD-Caching-1: prefill keeps its radix cache, so a later turn computes only the
+  new suffix;
+* ``caching2`` PD-Caching-2: decode indexes the KV it received and generated
+  (``--disaggregation-decode-enable-radix-cache``); it tells prefill how much prefix it already
+  has, and prefill sends only the pages after it.
+
+Defaults chosen for a small CPU-only host (see ``docs/pd.md`` for the measurements):
+each instance's compute runs on its own core (``cpus``), SGLang's idle schedulers sleep
+(``--sleep-on-idle``, set by the launcher), prefill reports transfer sizes (``--enable-metrics``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.cluster.process import ServerStartError
+
+STAGES: tuple[str, ...] = ("basic", "caching1", "caching2")
+STAGE_LABELS: dict[str, str] = {
+    "basic": "PD-Basic",
+    "caching1": "PD-Caching-1",
+    "caching2": "PD-Caching-2",
+}
+
+
+# sglang-router flags for a 1P1D pair. With one decode, retrying a request whose decode died
+# only re-sends it to the same dead decode (and parks a prefill request waiting for a bootstrap
+# that never comes): fail fast instead, and notice a dead instance within seconds.
+ROUTER_DEFAULTS: tuple[str, ...] = (
+    "--policy", "round_robin",
+    "--disable-retries",
+    "--health-check-interval-secs", "2",
+    "--health-failure-threshold", "1",
+    "--log-level", "warn",
+)
+# Environment of both instances. A prefill request whose decode never bootstraps (decode died
+# between the router's two sends) holds prefill memory until this timeout (SGLang: 300 s).
+INSTANCE_ENV: dict[str, str] = {
+    "SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT": "30",
+}
+
+
+@dataclass(frozen=True)
+class PdOptions:
+    """How to start a 1P1D cluster.
+
+    Attributes:
+        stage: ``basic``, ``caching1`` or ``caching2`` (see the module docstring).
+        prefill_cache: prefill's ``--memserve-cache`` (default: ``off`` for ``basic``, else
+            ``memserve``).
+        decode_cache: decode's ``--memserve-cache`` when its radix cache is on (``caching2``).
+        common_args: launch_server arguments for both instances (e.g. ``--model-path DIR`` or
+            ``--embedded-model bench``).
+        prefill_args / decode_args: extra arguments for one instance.
+        cpus: (prefill cores, decode cores) for ``SGLANG_CPU_OMP_THREADS_BIND`` and the process
+            CPU affinity; ``None``: share every core. Default: one core each when the host has
+            at least two.
+        omp_threads: ``OMP_NUM_THREADS`` per instance (default: its number of cores).
+        metrics: ``--enable-metrics`` on both (prefill's ``/metrics`` then reports the KV bytes
+            it sent: :func:`kv_transfer_stats`).
+        router_args: extra ``sglang_router.launch_router`` arguments.
+        env: extra environment for all three processes.
+        start_timeout: seconds to wait for each process to become healthy.
+    """
+
+    stage: str = "caching2"
+    prefill_cache: str | None = None
+    decode_cache: str = "memserve"
+    common_args: tuple[str, ...] = ()
+    prefill_args: tuple[str, ...] = ()
+    decode_args: tuple[str, ...] = ()
+    cpus: tuple[str, str] | None = field(default_factory=lambda: default_cpus())
+    omp_threads: int | None = None
+    metrics: bool = True
+    router_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    start_timeout: float = 240.0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+
+    @property
+    def label(self) -> str:
+        return STAGE_LABELS[self.stage]
+
+    def prefill_argv(self, bootstrap_port: int) -> list[str]:
+        cache = self.prefill_cache or ("off" if self.stage == "basic" else "memserve")
+        argv = ["--role", "prefill", "--memserve-cache", cache,
+                "--disaggregation-bootstrap-port", str(bootstrap_port),
+                "--instance-id", "prefill-0"]
+        if self.metrics:
+            argv.append("--enable-metrics")
+        return [*argv, *self.common_args, *self.prefill_args]
+
+    def decode_argv(self) -> list[str]:
+        argv = ["--role", "decode", "--instance-id", "decode-0"]
+        if self.stage == "caching2":
+            argv += ["--memserve-cache", self.decode_cache,
+                     "--disaggregation-decode-enable-radix-cache"]
+        else:
+            # SGLang disables decode's radix cache itself; say so rather than name a backend.
+            argv += ["--memserve-cache", "off"]
+        if self.metrics:
+            argv.append("--enable-metrics")
+        return [*argv, *self.common_args, *self.decode_args]
+
+    def instance_env(self, index: int) -> dict[str, str]:
+        """Environment of the prefill (0) or decode (1) instance."""
+        env = {**INSTANCE_ENV, **dict(self.env)}
+        if self.cpus is not None:
+            cores = self.cpus[index]
+            env["SGLANG_CPU_OMP_THREADS_BIND"] = cores
+            env.setdefault("OMP_NUM_THREADS",
+                           str(self.omp_threads or len(parse_cpus(cores))))
+        elif self.omp_threads:
+            env.setdefault("OMP_NUM_THREADS", str(self.omp_threads))
+        return env
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago (all held open while picking, so
+    the OS cannot hand out one twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def parse_cpus(spec: str) -> list[int]:
+    """``"0"``, ``"0-3"``, ``"0,2"`` -> the core ids."""
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def default_cpus() -> tuple[str, str] | None:
+    """One core for prefill and one for decode (the first two this process may use), split
+    halves on larger hosts; None on a single-core host."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    if len(cores) < 2:
+        return None
+    half = len(cores) // 2
+    fmt = lambda cs: ",".join(str(c) for c in cs)  # noqa: E731
+    return fmt(cores[:half]), fmt(cores[half:2 * half])
+
+
+class RouterProcess:
+    """``python -m sglang_router.launch_router --pd-disaggregation`` on a free loopback port."""
+
+    def __init__(self, prefill: ServerProcess, bootstrap_port: int, decode: ServerProcess,
+                 log_dir: Path, extra: Sequence[str] = (), host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.port, self.prometheus_port = free_ports(2, host)
+        self.log_path = Path(log_dir) / "router.log"
+        self.argv = [
+            "--pd-disaggregation",
+            "--prefill", prefill.url, str(bootstrap_port),
+            "--decode", decode.url,
+            "--host", host, "--port", str(self.port),
+            "--prometheus-host", host, "--prometheus-port", str(self.prometheus_port),
+            *ROUTER_DEFAULTS,
+            *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> RouterProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", *self.argv]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"router exited with {self.proc.returncode}:\n"
+                                       f"{self.log_tail()}")
+            # /health answers before the workers are registered; /readiness counts them.
+            try:
+                r = requests.get(f"{self.url}/readiness", timeout=2)
+                if r.status_code == 200 and r.json().get("healthy_workers", 0) >= 2:
+                    return self
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise ServerStartError(f"router not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class PdCluster:
+    """Prefill + decode + router. Start with :meth:`start` (or use :func:`pd_cluster`).
+
+    Attributes:
+        prefill, decode: the two instances (``ServerProcess``; ``kill()`` simulates a crash).
+        router: the PD gateway; ``url`` is its address.
+        bootstrap_port: prefill's Mooncake bootstrap port.
+    """
+
+    def __init__(self, options: PdOptions, log_dir: Path, host: str = "127.0.0.1") -> None:
+        self.options = options
+        self.log_dir = Path(log_dir)
+        self.host = host
+        self.bootstrap_port, prefill_port, decode_port = free_ports(3, host)
+        self.prefill = self._instance(0, options.prefill_argv(self.bootstrap_port), "prefill",
+                                      prefill_port)
+        self.decode = self._instance(1, options.decode_argv(), "decode", decode_port)
+        self.router: RouterProcess | None = None
+
+    def _instance(self, index: int, argv: list[str], name: str, port: int | None = None
+                  ) -> ServerProcess:
+        cpus = parse_cpus(self.options.cpus[index]) if self.options.cpus else None
+        return ServerProcess(argv, self.log_dir, name=name, host=self.host, port=port,
+                             env=self.options.instance_env(index), cpus=cpus)
+
+    @property
+    def url(self) -> str:
+        if self.router is None:
+            raise RuntimeError("cluster not started")
+        return self.router.url
+
+    def start(self) -> PdCluster:
+        """Starts prefill and decode side by side, then the router; raises ServerStartError
+        (after stopping whatever did start)."""
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                futures = [pool.submit(s.start, self.options.start_timeout)
+                           for s in (self.prefill, self.decode)]
+                for f in futures:
+                    f.result()
+            self.router = RouterProcess(self.prefill, self.bootstrap_port, self.decode,
+                                        self.log_dir, self.options.router_args, self.host,
+                                        dict(self.options.env))
+            self.router.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def new_decode(self, name: str = "decode-b") -> ServerProcess:
+        """A second decode instance with the same options (not started, not routed)."""
+        cpus = parse_cpus(self.options.cpus[1]) if self.options.cpus else None
+        return ServerProcess(self.options.decode_argv(), self.log_dir, name=name,
+                             host=self.host, env=self.options.instance_env(1), cpus=cpus)
+
+    def stop(self) -> None:
+        """Stops the router, then both instances side by side (each drains for a few seconds)."""
+        if self.router is not None:
+            self.router.stop()
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(s.stop) for s in (self.decode, self.prefill)]:
+                f.result()
+
+    def __enter__(self) -> PdCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+@contextmanager
+def pd_cluster(options: PdOptions | None = None, log_dir: Path | str = "pd-logs"
+               ) -> Iterator[PdCluster]:
+    """Start a 1P1D cluster; yields it (``.url`` is the router's); stops all three after."""
+    cluster = PdCluster(options or PdOptions(), Path(log_dir))
+    with cluster:
+        yield cluster
