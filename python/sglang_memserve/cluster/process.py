@@ -36,6 +36,7 @@ class ServerProcess:
         host: the address the server binds to.
         env: extra environment variables for the process.
         port: a fixed port (default: a free one).
+        cpus: cores the process tree may run on (Linux CPU affinity; default: all).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ServerProcess:
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         port: int | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self.args = list(args)
         self.host = host
@@ -53,6 +55,7 @@ class ServerProcess:
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
+        self.cpus = list(cpus) if cpus else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +71,9 @@ class ServerProcess:
             # A new session so stop() can signal SGLang's whole process tree.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
+        if self.cpus:
+            # Set before the launcher imports anything: SGLang's processes inherit it.
+            os.sched_setaffinity(self.proc.pid, self.cpus)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
