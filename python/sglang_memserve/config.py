@@ -30,6 +30,14 @@ class MemServeConfig:
         host_pool_ratio: DRAM tier size as a multiple of the device KV pool (0 disables the tier).
         events_port: ZMQ PUB port of the KV-event publisher (0: a free port; -1: none).
         host: address every MemServe endpoint binds to.
+        control_port: ZMQ port of the instance's control channel (snapshots, KV movement);
+            0 picks a free port (the launcher gives a prefill instance its bootstrap port + 1,
+            where decode instances find it).
+        kv_return: decode only: when a request ends, push the KV of its prompt and generated
+            tokens to the prefill instance that served it (PD-Caching-3).
+        kv_return_peer: control endpoint to return KV to (default: from the request's
+            bootstrap address, port + 1).
+        peer_timeout_s: bound on each control request, lease and transfer step.
     """
 
     role: Role = "colocated"
@@ -38,6 +46,10 @@ class MemServeConfig:
     host_pool_ratio: float = 0.0
     events_port: int = 0
     host: str = "127.0.0.1"
+    control_port: int = 0
+    kv_return: bool = False
+    kv_return_peer: str | None = None
+    peer_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

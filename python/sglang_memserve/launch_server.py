@@ -62,6 +62,14 @@ def memserve_parser() -> argparse.ArgumentParser:
                    help="DRAM tier size as a multiple of the device KV pool (0: no DRAM tier)")
     g.add_argument("--kv-events-port", type=int, default=0,
                    help="ZMQ PUB port of MemServe's KV events (0: a free port; -1: none)")
+    g.add_argument("--mempool-control-port", type=int, default=None,
+                   help="ZMQ port of the control channel (default: a free port; prefill: "
+                        "its bootstrap port + 1, where decode instances look for it)")
+    g.add_argument("--kv-return", action="store_true",
+                   help="decode: send each finished request's KV back to its prefill instance "
+                        "(PD-Caching-3; needs --disaggregation-decode-enable-radix-cache)")
+    g.add_argument("--kv-return-peer", default=None,
+                   help="decode: control endpoint to return KV to (default: from the request)")
     g.add_argument("--embedded-model", choices=("tiny", "bench"), default="tiny",
                    help="embedded model served when --model-path is absent")
     return p
@@ -132,6 +140,12 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
             "MC_LOG_LEVEL": "ERROR",
             **({"MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1"} if cpu else {}),
         })
+    control_port = ms.mempool_control_port
+    if control_port is None:
+        control_port = (int(_value(sg, "--disaggregation-bootstrap-port", "8998")) + 1
+                        if ms.role == "prefill" else 0)
+    if ms.kv_return and ms.role == "decode":
+        sg = _with_defaults(sg, {"--disaggregation-decode-enable-radix-cache": None})
     config = MemServeConfig(
         role=ms.role,
         cache=ms.memserve_cache,
@@ -139,6 +153,9 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         host_pool_ratio=ms.mempool_host_ratio,
         events_port=ms.kv_events_port,
         host=host,
+        control_port=control_port,
+        kv_return=ms.kv_return and ms.role == "decode",
+        kv_return_peer=ms.kv_return_peer,
     )
     return config, sg, env
 

@@ -48,9 +48,22 @@ def _add_memserve_state(output: Any, controller: Any, *_args: Any, **_kwargs: An
     output.internal_state["memserve"] = state
 
 
+def _memserve_tick(_result: Any, scheduler: Any, *_args: Any, **_kwargs: Any) -> None:
+    """AFTER hook on ``Scheduler.ingest_requests``: the MemServe cache's per-iteration work."""
+    tick = getattr(getattr(scheduler, "tree_cache", None), "memserve_tick", None)
+    if tick is not None:
+        tick(scheduler)
+
+
+_HOOKS = {
+    _INTERNAL_STATE: _add_memserve_state,
+    "sglang.srt.managers.scheduler.Scheduler.ingest_requests": _memserve_tick,
+}
+
+
 def _register_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    if any(h[1] is _add_memserve_state for h in HookRegistry._hooks.get(_INTERNAL_STATE, [])):
-        return
-    HookRegistry.register(_INTERNAL_STATE, _add_memserve_state, HookType.AFTER)
+    for target, hook in _HOOKS.items():
+        if not any(h[1] is hook for h in HookRegistry._hooks.get(target, [])):
+            HookRegistry.register(target, hook, HookType.AFTER)

@@ -7,7 +7,9 @@ SGLang's HiCache attachment (the DRAM tier: host pool, async load-back) still ap
 What the subclass adds:
 
 * MemPool's index of this instance (:class:`~.index.InstanceIndex`), kept exact through SGLang's
-  placement-event hook, with KV events and snapshots for the router;
+  placement-event hook, with KV events for the router;
+* one control channel (ZMQ) serving index snapshots and KV movement (:mod:`.peer`): decode ->
+  prefill KV return when a request ends (PD-Caching-3) and peer prefix migration;
 * per-request hit accounting per tier and swap accounting (:mod:`.metrics`);
 * ``memserve_state()`` for ``/server_info``.
 """
@@ -15,14 +17,18 @@ What the subclass adds:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sglang.srt.mem_cache.registry import TreeCacheBuildContext, create_unified_radix_cache
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+from sglang_memserve.cache.bridge import SchedulerBridge
 from sglang_memserve.cache.index import IndexRecorder, InstanceIndex
 from sglang_memserve.cache.metrics import CacheMetrics
+from sglang_memserve.cache.peer import PeerService
 from sglang_memserve.config import MemServeConfig
+from sglang_memserve.mempool.rpc import RpcServer
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +39,22 @@ class MemServeRadixCache(UnifiedRadixCache):
     memserve_config: MemServeConfig = MemServeConfig()
     memserve_index: InstanceIndex | None = None
     memserve_metrics: CacheMetrics | None = None
+    memserve_bridge: SchedulerBridge | None = None
+    memserve_peer: PeerService | None = None
+    memserve_control: RpcServer | None = None
 
-    def attach_memserve(self, config: MemServeConfig, publish: bool = True) -> None:
-        """Install MemServe's index and counters (once, right after construction).
+    def attach_memserve(self, config: MemServeConfig, primary: bool = True) -> None:
+        """Install MemServe's index, counters and control channel (once, after construction).
 
         Args:
             config: the instance's MemServe settings.
-            publish: whether this process publishes KV events (only TP rank 0 does).
+            primary: whether this process speaks for the instance (TP rank 0): only it
+                publishes events and serves the control channel.
         """
         self.memserve_config = config
         self.memserve_index = InstanceIndex(
             config.instance_id, self.page_size, config.host,
-            events_port=config.events_port if publish and config.events_port >= 0 else None)
+            events_port=config.events_port if primary and config.events_port >= 0 else None)
         self.memserve_metrics = CacheMetrics(config.instance_id)
         kvcache = self.token_to_kv_pool_allocator.get_kvcache()
         buffers = list(getattr(kvcache, "k_buffer", [])) + list(getattr(kvcache, "v_buffer", []))
@@ -52,8 +62,24 @@ class MemServeRadixCache(UnifiedRadixCache):
         core = self.tree_core
         core.kv_events = IndexRecorder(core.kv_events, self.memserve_index,
                                        self._page_ids, on_store=self._on_store)
+        if not primary:
+            return
+        self.memserve_bridge = SchedulerBridge()
+        handlers: dict[str, Callable[[dict], dict]] = {
+            "snapshot": lambda _m: self.memserve_index.snapshot()}
+        if buffers:
+            self.memserve_peer = PeerService(self, self.memserve_bridge, _Transport(config),
+                                             timeout_s=config.peer_timeout_s)
+            handlers.update(self.memserve_peer.handlers())
+        self.memserve_control = RpcServer(config.instance_id, config.host, config.control_port,
+                                          handlers)
 
     # ---- hooks -------------------------------------------------------------------------
+
+    def memserve_tick(self, scheduler: Any) -> None:
+        """Called by the plugin after each ``Scheduler.ingest_requests`` (scheduler thread)."""
+        if self.memserve_bridge is not None:
+            self.memserve_bridge.drain(scheduler)
 
     def _page_ids(self, node: Any, tier: str) -> list[int] | None:
         data = _full_data(node)
@@ -73,13 +99,28 @@ class MemServeRadixCache(UnifiedRadixCache):
         elif data is not None and data.host_value is not None:
             self.memserve_metrics.swap("in", pages, pages * self._page_nbytes)
 
+    def protected_size(self) -> int:
+        # NOTE: slots reserved for an incoming transfer are held like a running request's:
+        # SGLang's pool invariant (available + evictable + protected + ... == total) must see them.
+        reserved = self.memserve_peer.reserved_tokens() if self.memserve_peer else 0
+        return super().protected_size() + reserved
+
     def on_release(self, req: Any, *, checkpointed: bool) -> None:
         super().on_release(req, checkpointed=checkpointed)
-        if self.memserve_metrics is not None and not getattr(req, "_memserve_counted", False):
-            req._memserve_counted = True
+        if getattr(req, "_memserve_released", False):
+            return
+        req._memserve_released = True
+        if self.memserve_metrics is not None:
             self.memserve_metrics.request(
                 len(req.origin_input_ids), int(getattr(req, "cached_tokens_device", 0) or 0),
                 int(getattr(req, "cached_tokens_host", 0) or 0))
+        config = self.memserve_config
+        if config.kv_return and self.memserve_peer is not None and req.finished():
+            dst = config.kv_return_peer or _prefill_control(req)
+            if dst is not None:
+                # The last generated token has no KV yet (it was never fed back).
+                tokens = list(req.origin_input_ids) + list(req.output_ids)[:-1]
+                self.memserve_peer.push(tokens, dst)
 
     def memserve_state(self) -> dict[str, Any]:
         """What ``/server_info`` reports under ``internal_states[i]["memserve"]``; read-only."""
@@ -93,12 +134,78 @@ class MemServeRadixCache(UnifiedRadixCache):
             "instance_id": self.memserve_config.instance_id,
             "page_size": self.page_size,
             "dram_tier": self.cache_controller is not None,
+            "kv_return": self.memserve_config.kv_return,
             "evictable_tokens": int(self.evictable_size()),
             "protected_tokens": int(self.protected_size()),
             "index_pages": pages,
-            "endpoints": index.endpoints() if index else {},
+            "endpoints": {
+                "events": index.publisher.endpoint if index and index.publisher else None,
+                "control": self.memserve_control.endpoint if self.memserve_control else None,
+            },
             "counters": self.memserve_metrics.counters.as_dict() if self.memserve_metrics else {},
+            "peer": self.memserve_peer.stats.as_dict() if self.memserve_peer else {},
+            "pending_transfers": self.memserve_peer.pending() if self.memserve_peer else 0,
         }
+
+
+class _Transport:
+    """Where peers write into this process and how it writes to them: SGLang's own Mooncake
+    engine when the process has one (PD roles), else a MemPool TransferAgent over SGLang's KV
+    buffers. Resolved on first use: SGLang creates its engine after the tree cache."""
+
+    def __init__(self, config: MemServeConfig) -> None:
+        self.config = config
+        self._segment: str | None = None
+        self._write: Callable[[str, list[tuple[int, int, int]]], int] | None = None
+
+    def bind(self, regions: list[tuple[int, int]]) -> None:
+        if self._segment is not None:
+            return
+        from sglang.srt.distributed.parallel_state import get_mooncake_transfer_engine
+
+        engine = get_mooncake_transfer_engine()
+        if engine is not None:
+            self._segment = engine.get_session_id()
+            self._write = _sglang_writer(engine)
+            return
+        from sglang_memserve.mempool import MemPoolConfig, Region, TransferAgent
+
+        agent = TransferAgent(MemPoolConfig(host=self.config.host,
+                                            transfer_timeout_s=self.config.peer_timeout_s))
+        agent.register([Region(a, n) for a, n in regions])
+        self._segment, self._write = agent.segment_name, agent.write
+
+    @property
+    def segment(self) -> str:
+        assert self._segment is not None, "bind() first"
+        return self._segment
+
+    def write(self, segment: str, writes: list[tuple[int, int, int]]) -> int:
+        assert self._write is not None, "bind() first"
+        return self._write(segment, writes)
+
+
+def _sglang_writer(engine: Any) -> Callable[[str, list[tuple[int, int, int]]], int]:
+    from sglang_memserve.mempool.errors import TransferError
+
+    def write(segment: str, writes: list[tuple[int, int, int]]) -> int:
+        step = 1024  # Mooncake fails whole batches much larger than this (see mempool.transfer)
+        for i in range(0, len(writes), step):
+            chunk = writes[i:i + step]
+            rc = engine.batch_transfer_sync(segment, [w[0] for w in chunk],
+                                            [w[1] for w in chunk], [w[2] for w in chunk])
+            if rc < 0:
+                raise TransferError(f"Mooncake write to {segment} failed (rc={rc})")
+        return sum(w[2] for w in writes)
+
+    return write
+
+
+def _prefill_control(req: Any) -> str | None:
+    host, port = getattr(req, "bootstrap_host", None), getattr(req, "bootstrap_port", None)
+    if not host or not port:
+        return None
+    return f"tcp://{host}:{int(port) + 1}"
 
 
 def _full_data(node: Any) -> Any:
@@ -117,7 +224,7 @@ def factory(ctx: TreeCacheBuildContext) -> MemServeRadixCache:
     ctx.params.tree_core_backend = "python"
     cache = create_unified_radix_cache(ctx, cache_class=MemServeRadixCache)
     assert isinstance(cache, MemServeRadixCache)
-    cache.attach_memserve(config, publish=ctx.tp_rank == 0)
+    cache.attach_memserve(config, primary=ctx.tp_rank == 0)
     logger.info("MemServe tree cache %s ready (role=%s, instance=%s, dram tier=%s)",
                 type(cache).__name__, config.role, config.instance_id,
                 cache.cache_controller is not None)

@@ -5,7 +5,7 @@ pages stored on GPU or CPU, removed from one, everything cleared). :class:`Index
 that recorder's place: it still feeds SGLang's own event queue (so ``--kv-events-config`` keeps
 working) and applies each change, in page-path terms, to :class:`InstanceIndex`, which owns a
 MemPool :class:`~sglang_memserve.mempool.RadixTree` and publishes MemPool-format KV events
-(ZMQ PUB; snapshots over a ZMQ control channel) for the router's mirror.
+(ZMQ PUB; the instance's control channel serves snapshots) for the router's mirror.
 
 NOTE: only whole pages are indexed (SGLang's tree caches page-aligned prefixes when page_size > 1;
 with page_size 1 every token is a page).
@@ -22,7 +22,6 @@ from sglang.srt.mem_cache.events import KVCacheEventRecorder
 from sglang_memserve.mempool import EVENT_FORMAT_VERSION, EventPublisher, RadixTree
 from sglang_memserve.mempool.events import change_to_event
 from sglang_memserve.mempool.radix import Change
-from sglang_memserve.mempool.rpc import RpcServer
 
 TIER_OF_MEDIUM = {StorageMedium.GPU: "device", StorageMedium.CPU: "host"}
 
@@ -44,10 +43,8 @@ class InstanceIndex:
         self.tree = RadixTree(page_size, allow_empty=True)
         self._lock = threading.Lock()  # the control thread reads snapshots concurrently
         self.publisher: EventPublisher | None = None
-        self.control: RpcServer | None = None
         if events_port is not None:
             self.publisher = EventPublisher(instance_id, host, events_port)
-            self.control = RpcServer(instance_id, host, 0, {"snapshot": lambda _m: self.snapshot()})
 
     def _publish(self, change: Change) -> None:
         if self.publisher is not None:
@@ -95,13 +92,7 @@ class InstanceIndex:
                     counts[str(tier)] = counts.get(str(tier), 0) + len(node.pages)
             return counts
 
-    def endpoints(self) -> dict[str, str | None]:
-        return {"events": self.publisher.endpoint if self.publisher else None,
-                "control": self.control.endpoint if self.control else None}
-
     def close(self) -> None:
-        if self.control is not None:
-            self.control.close()
         if self.publisher is not None:
             self.publisher.close()
 
