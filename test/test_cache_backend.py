@@ -49,7 +49,8 @@ def uncached_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProces
 def tiered_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     """A device tier of 640 tokens and a DRAM tier four times as large."""
     with ServerProcess(["--model-path", str(tiny_model), "--max-total-tokens", "640",
-                        "--mempool-host-ratio", "4", "--max-running-requests", "4"],
+                        "--mempool-host-ratio", "4", "--max-running-requests", "4",
+                        "--enable-metrics"],
                        tmp_path_factory.mktemp("logs"), name="tiered") as s:
         yield s
 
@@ -83,6 +84,11 @@ def test_dram_tier_hits_keep_outputs(tiered_server, uncached_server, tokenizer) 
     assert state["counters"]["hit_tokens"]["host"] == host_hits
     assert state["counters"]["swap_pages"]["out"] > 0
     assert state["counters"]["swap_pages"]["in"] > 0
+    metrics = requests.get(f"{tiered_server.url}/metrics", timeout=30).text
+    host_line = next(line for line in metrics.splitlines()
+                     if line.startswith("memserve_hit_tokens_total") and 'tier="host"' in line)
+    assert float(host_line.rsplit(" ", 1)[1]) == host_hits
+    assert "memserve_swap_bytes_total" in metrics and "memserve_prompt_tokens_total" in metrics
 
 
 def test_pressure_bounded_and_events_rebuild_index(tiered_server, tokenizer) -> None:
