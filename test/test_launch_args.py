@@ -22,6 +22,19 @@ def test_cpu_defaults_fill_only_missing_flags() -> None:
     assert env["SGLANG_USE_CPU_ENGINE"] == "1"
 
 
+def test_sleep_on_idle_can_be_turned_off() -> None:
+    _, argv, _ = build(["--model-path", "M", "--no-sleep-on-idle"], cpu=True)
+    assert "--sleep-on-idle" not in argv and "--no-sleep-on-idle" not in argv
+
+
+def test_kv_return_turns_on_decode_radix_cache_and_prefill_control_port() -> None:
+    config, argv, _ = build(["--model-path", "M", "--role", "decode", "--kv-return"], cpu=True)
+    assert config.kv_return and "--disaggregation-decode-enable-radix-cache" in argv
+    config, _, _ = build(["--model-path", "M", "--role", "prefill",
+                          "--disaggregation-bootstrap-port", "7000"], cpu=True)
+    assert config.control_port == 7001 and not config.kv_return
+
+
 def test_no_cpu_defaults_on_gpu_hosts() -> None:
     _, argv, env = build(["--model-path", "M"], cpu=False)
     assert "--device" not in argv and "--sleep-on-idle" not in argv

@@ -70,6 +70,9 @@ def memserve_parser() -> argparse.ArgumentParser:
                         "(PD-Caching-3; needs --disaggregation-decode-enable-radix-cache)")
     g.add_argument("--kv-return-peer", default=None,
                    help="decode: control endpoint to return KV to (default: from the request)")
+    g.add_argument("--no-sleep-on-idle", action="store_true",
+                   help="CPU hosts: do not add SGLang's --sleep-on-idle (idle schedulers then "
+                        "busy-poll a core)")
     g.add_argument("--embedded-model", choices=("tiny", "bench"), default="tiny",
                    help="embedded model served when --model-path is absent")
     return p
@@ -130,7 +133,10 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
     sg = _with_defaults(sg, {"--enable-cache-report": None})
     env = {"HF_HUB_OFFLINE": "1"}
     if cpu:
-        sg = _with_defaults(sg, {**CPU_DEFAULTS, **CPU_ROLE_DEFAULTS[ms.role]})
+        defaults = {**CPU_DEFAULTS, **CPU_ROLE_DEFAULTS[ms.role]}
+        if ms.no_sleep_on_idle:
+            defaults.pop("--sleep-on-idle")
+        sg = _with_defaults(sg, defaults)
         env["SGLANG_USE_CPU_ENGINE"] = "1"
     if ms.role != "colocated":
         env.update({
