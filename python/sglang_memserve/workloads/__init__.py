@@ -1,5 +1,5 @@
 """Workload loaders: ShareGPT multi-turn chats, long-document QA, agent traces."""
 
-from sglang_memserve.workloads.data import Conversation, data_dir, load_sharegpt
+from sglang_memserve.workloads.data import Conversation, data_dir, load_longdoc, load_sharegpt
 
-__all__ = ["Conversation", "data_dir", "load_sharegpt"]
+__all__ = ["Conversation", "data_dir", "load_longdoc", "load_sharegpt"]

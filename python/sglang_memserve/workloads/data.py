@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 SHAREGPT_FILE = "sharegpt_v3_en_sample.json"
+LONGDOC_FILE = "longdoc_qa.jsonl"
 
 
 @dataclass(frozen=True)
@@ -68,4 +69,43 @@ def load_sharegpt(path: Path | None = None, *, limit: int | None = None, min_tur
         out.append(Conversation(str(item.get("id", len(out))), tuple(turns)))
         if limit and len(out) >= limit:
             break
+    return out
+
+
+def load_longdoc(path: Path | None = None, *, docs: int = 4, questions_per_doc: int = 4,
+                 max_context_chars: int = 4000) -> list[Conversation]:
+    """Long-document QA (LooGLE / L-Eval style): one single-turn request per question, the
+    document first, so the questions on one document share a long prefix.
+
+    Args:
+        path: a ``longdoc_qa.jsonl`` file; default: the shared data set if present, else a
+            document made of the shipped sample's turns with generic questions.
+        docs: how many documents (in file order). questions_per_doc: questions kept per document.
+        max_context_chars: truncate each document to this many characters.
+    Returns:
+        Conversations of one turn each, ordered question-major (doc 0 q 0, doc 1 q 0, ...), so
+        the questions on one document are spread over the replay.
+    """
+    shared = data_dir()
+    if path is None and shared and (shared / LONGDOC_FILE).exists():
+        path = shared / LONGDOC_FILE
+    if path is None:
+        text = "\n".join(json.loads(shipped_sample().read_text())[i]["conversations"][j]["value"]
+                         for i in range(20) for j in range(2))
+        items = [{"doc_id": f"sample-{d}", "context": text[d * 500:] + text[:d * 500],
+                  "questions": [{"question": q} for q in (
+                      "Summarize the document.", "What is the main topic?",
+                      "List three facts it states.", "Which part is about caching?")]}
+                 for d in range(docs)]
+    else:
+        items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    items = items[:docs]
+    out: list[Conversation] = []
+    for q in range(questions_per_doc):
+        for d in items:
+            if q < len(d["questions"]):
+                prompt = (f"Read the document and answer the question.\n\n"
+                          f"{d['context'][:max_context_chars]}\n\n"
+                          f"Question: {d['questions'][q]['question']}")
+                out.append(Conversation(f"{d['doc_id']}#q{q}", (prompt,)))
     return out
