@@ -48,12 +48,16 @@ STAGE_LABELS: dict[str, str] = {
 
 # sglang-router flags for a 1P1D pair. With one decode, retrying a request whose decode died
 # only re-sends it to the same dead decode (and parks a prefill request waiting for a bootstrap
-# that never comes): fail fast instead, and notice a dead instance within seconds.
+# that never comes): fail fast instead. Health: a dead instance refuses connections, so three
+# failed checks 2 s apart take it out of rotation in ~6 s; a busy instance on one core can take
+# seconds to answer /health, hence the 10 s timeout and the threshold above 1 (with 1, a single
+# slow answer under load made the router drop a live prefill).
 ROUTER_DEFAULTS: tuple[str, ...] = (
     "--policy", "round_robin",
     "--disable-retries",
     "--health-check-interval-secs", "2",
-    "--health-failure-threshold", "1",
+    "--health-failure-threshold", "3",
+    "--health-check-timeout-secs", "10",
     "--log-level", "warn",
 )
 # Environment of both instances. A prefill request whose decode never bootstraps (decode died
@@ -79,6 +83,9 @@ class PdOptions:
             CPU affinity; ``None``: share every core. Default: one core each when the host has
             at least two.
         omp_threads: ``OMP_NUM_THREADS`` per instance (default: its number of cores).
+        page_size: SGLang ``--page-size`` on both instances (default: SGLang's, 1 token). Larger
+            pages make fewer, larger Mooncake blocks (see docs/pd.md), but prefix hits are
+            rounded down to whole pages.
         metrics: ``--enable-metrics`` on both (prefill's ``/metrics`` then reports the KV bytes
             it sent: :func:`kv_transfer_stats`).
         router_args: extra ``sglang_router.launch_router`` arguments.
@@ -94,6 +101,7 @@ class PdOptions:
     decode_args: tuple[str, ...] = ()
     cpus: tuple[str, str] | None = field(default_factory=lambda: default_cpus())
     omp_threads: int | None = None
+    page_size: int | None = None
     metrics: bool = True
     router_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -107,6 +115,10 @@ class PdOptions:
     def label(self) -> str:
         return STAGE_LABELS[self.stage]
 
+    def _common(self) -> list[str]:
+        page = ["--page-size", str(self.page_size)] if self.page_size else []
+        return [*page, *self.common_args]
+
     def prefill_argv(self, bootstrap_port: int) -> list[str]:
         cache = self.prefill_cache or ("off" if self.stage == "basic" else "memserve")
         argv = ["--role", "prefill", "--memserve-cache", cache,
@@ -114,7 +126,7 @@ class PdOptions:
                 "--instance-id", "prefill-0"]
         if self.metrics:
             argv.append("--enable-metrics")
-        return [*argv, *self.common_args, *self.prefill_args]
+        return [*argv, *self._common(), *self.prefill_args]
 
     def decode_argv(self) -> list[str]:
         argv = ["--role", "decode", "--instance-id", "decode-0"]
@@ -126,7 +138,7 @@ class PdOptions:
             argv += ["--memserve-cache", "off"]
         if self.metrics:
             argv.append("--enable-metrics")
-        return [*argv, *self.common_args, *self.decode_args]
+        return [*argv, *self._common(), *self.decode_args]
 
     def instance_env(self, index: int) -> dict[str, str]:
         """Environment of the prefill (0) or decode (1) instance."""
@@ -223,12 +235,30 @@ class RouterProcess:
             try:
                 r = requests.get(f"{self.url}/readiness", timeout=2)
                 if r.status_code == 200 and r.json().get("healthy_workers", 0) >= 2:
+                    self._wait_routable(deadline - time.monotonic())
                     return self
             except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.3)
         self.stop()
         raise ServerStartError(f"router not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _wait_routable(self, timeout: float) -> None:
+        """Until one request has gone through router -> prefill -> decode: the router reports
+        both workers ready a moment before it routes to them (requests then fail with 5xx)."""
+        body = {"input_ids": [1, 2, 3, 4], "sampling_params": {"max_new_tokens": 1}}
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                r = requests.post(f"{self.url}/generate", json=body, timeout=60)
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise ServerStartError(f"router not routable after {timeout:.0f}s: {last}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:

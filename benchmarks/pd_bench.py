@@ -1,0 +1,239 @@
+"""Colocated vs prefill/decode disaggregation on one multi-turn ShareGPT replay.
+
+Configurations (each started fresh, one after another, same conversations and arrival times):
+
+* ``colo-nocache``  one colocated instance, no prefix cache (``--memserve-cache off``)
+* ``colo-cache``    one colocated instance with MemServe's tree cache
+* ``pd-basic``      1P1D behind sglang-router, no prefix cache anywhere (PD-Basic)
+* ``pd-cache``      1P1D, prefill's cache + decode's cache, delta-only transfers (PD-Caching-1+2)
+* ``pd-caching1``   1P1D, prefill's cache only (optional)
+
+Writes ``<out>/pd_bench.json`` (per-config summary, per-request records, PD counters) and
+``<out>/pd_bench.md`` (a table with ratios against ``colo-nocache`` of the same run)::
+
+    .venv/bin/python benchmarks/pd_bench.py --out results/pd-<date>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sglang_memserve import compat
+
+compat.apply_import_patches()
+
+from transformers import AutoTokenizer  # noqa: E402
+
+from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
+from sglang_memserve.bench.replay import ReplayConfig, replay  # noqa: E402
+from sglang_memserve.cluster import ServerProcess  # noqa: E402
+from sglang_memserve.model import ensure_model  # noqa: E402
+from sglang_memserve.pd import PdCluster, PdOptions  # noqa: E402
+from sglang_memserve.pd.client import memserve_state  # noqa: E402
+from sglang_memserve.pd.metrics import kv_transfer_stats, scrape  # noqa: E402
+from sglang_memserve.workloads import load_sharegpt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    label: str
+    pd_stage: str | None  # None: colocated
+    cache: str  # colocated --memserve-cache
+
+
+SETUPS: dict[str, Setup] = {s.name: s for s in (
+    Setup("colo-nocache", "colocated, no cache", None, "off"),
+    Setup("colo-cache", "colocated + cache", None, "memserve"),
+    Setup("pd-basic", "PD-Basic", "basic", "off"),
+    Setup("pd-caching1", "PD-Caching-1", "caching1", "memserve"),
+    Setup("pd-cache", "PD-Caching-1+2", "caching2", "memserve"),
+)}
+DEFAULT_CONFIGS = ("colo-nocache", "colo-cache", "pd-basic", "pd-cache")
+# Prometheus series worth keeping from each instance (sum and count of these histograms).
+KEEP = ("kv_transfer", "time_to_first_token", "e2e_request_latency", "queue_time",
+        "inter_token_latency", "prefill_", "num_requests_total", "prompt_tokens_total",
+        "generation_tokens_total", "cached_tokens_total")
+
+
+def _kept(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items()
+            if any(s in k for s in KEEP) and not k.endswith("_bucket")}
+
+
+@contextmanager
+def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
+            colo_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Starts one configuration; yields (URL, a dict the caller fills with end-of-run facts)."""
+    facts: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if setup.pd_stage is None:
+        server = ServerProcess([*model_args, "--memserve-cache", setup.cache, "--enable-metrics"],
+                               log_dir, name=setup.name, env=colo_env)
+        with server:
+            facts["startup_s"] = time.perf_counter() - t0
+            before = _prompt_counters(server.url)
+            yield server.url, facts
+            facts["computed_on_prefill"] = _computed(before, _prompt_counters(server.url))
+            facts["metrics"] = {"colocated": _kept(scrape(server.url))}
+            facts["memserve"] = {"colocated": memserve_state(server.url)}
+        return
+    if cpus == "shared":
+        pin = None
+    elif cpus:
+        p, d = cpus.split("/")
+        pin = (p, d)
+    else:
+        pin = PdOptions().cpus
+    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin)
+    with PdCluster(opts, log_dir / setup.name) as pd:
+        facts["startup_s"] = time.perf_counter() - t0
+        facts["cpus"] = pin
+        before = kv_transfer_stats(pd.prefill.url)
+        counters = _prompt_counters(pd.prefill.url)
+        yield pd.url, facts
+        time.sleep(1.0)
+        facts["computed_on_prefill"] = _computed(counters, _prompt_counters(pd.prefill.url))
+        delta = kv_transfer_stats(pd.prefill.url) - before
+        facts["kv_transfers"] = delta.transfers
+        facts["kv_transfer_mb"] = delta.total_mb
+        facts["metrics"] = {"prefill": _kept(scrape(pd.prefill.url)),
+                            "decode": _kept(scrape(pd.decode.url))}
+        facts["memserve"] = {"prefill": memserve_state(pd.prefill.url),
+                             "decode": memserve_state(pd.decode.url)}
+
+
+def _prompt_counters(url: str) -> tuple[int, int] | None:
+    """(prompt tokens, cache-hit tokens) counted by the instance's MemServe tree cache; None
+    when it runs without one (cache off)."""
+    c = memserve_state(url).get("counters")
+    if not c:
+        return None
+    return int(c.get("prompt_tokens", 0)), int(sum((c.get("hit_tokens") or {}).values()))
+
+
+def _computed(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int | None:
+    """Prompt tokens the instance actually computed between two counter readings."""
+    if before is None or after is None:
+        return None
+    return (after[0] - before[0]) - (after[1] - before[1])
+
+
+def _fmt(v: float, nd: int = 3) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    base = results.get("colo-nocache", {}).get("summary")
+    lines = [
+        f"# PD benchmark ({meta['started']})", "",
+        f"{meta['conversations']} ShareGPT conversations x <= {meta['max_turns']} turns "
+        f"(max {meta['max_chars']} chars per turn), Poisson {meta['rate']} conv/s, "
+        f"{meta['max_new_tokens']} new tokens (greedy, EOS ignored), model `{meta['model']}`, "
+        f"{meta['host_cpus']} cores; PD cores {meta['cpus'] or 'one each'}, colocated "
+        f"OMP threads {meta['colo_omp_threads'] or 'default'}, page size {meta['page_size']}.",
+        "",
+        "| config | JCT avg (s) | JCT p50 | JCT p99 | TTFT avg (s) | TTFT p50 | TTFT p99 | "
+        "hit rate | computed prompt tok | computed on prefill | KV sent (MB) | failed | "
+        "JCT avg / colo | JCT p50 / colo |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        s = r["summary"]
+        ratio = (s["jct_avg"] / base["jct_avg"]) if base else float("nan")
+        ratio50 = (s["jct_p50"] / base["jct_p50"]) if base else float("nan")
+        kv = r["facts"].get("kv_transfer_mb")
+        on_prefill = r["facts"].get("computed_on_prefill")
+        if on_prefill is None:  # no prefix cache: every prompt token is computed
+            on_prefill = s["prompt_tokens"]
+        lines.append(
+            f"| {SETUPS[name].label} | {_fmt(s['jct_avg'])} | {_fmt(s['jct_p50'])} | "
+            f"{_fmt(s['jct_p99'])} | {_fmt(s['ttft_avg'])} | {_fmt(s['ttft_p50'])} | "
+            f"{_fmt(s['ttft_p99'])} | {_fmt(s['hit_rate'], 2)} | {s['computed_prompt_tokens']} | "
+            f"{on_prefill} | "
+            f"{'-' if kv is None else _fmt(kv, 1)} | {s['failed']} | {_fmt(ratio, 2)} | "
+            f"{_fmt(ratio50, 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "results" / f"pd-{datetime.now():%Y%m%d-%H%M%S}")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help=f"comma-separated, from {', '.join(SETUPS)}")
+    ap.add_argument("--embedded-model", default="bench", choices=("tiny", "bench"))
+    ap.add_argument("--model-path", default=None, help="instead of the embedded model")
+    ap.add_argument("--conversations", type=int, default=16)
+    ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--min-turns", type=int, default=2)
+    ap.add_argument("--max-chars", type=int, default=1500)
+    ap.add_argument("--rate", type=float, default=0.5, help="conversations per second")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpus", default=None,
+                    help="PD core split 'P/D' (e.g. '0/1'), or 'shared'; default: one core each")
+    ap.add_argument("--page-size", type=int, default=None,
+                    help="SGLang --page-size for every configuration (default: SGLang's, 1)")
+    ap.add_argument("--colo-omp-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS of the colocated server (default: torch's choice, "
+                         "one per core)")
+    args = ap.parse_args(argv)
+    colo_env = ({"OMP_NUM_THREADS": str(args.colo_omp_threads)}
+                if args.colo_omp_threads else None)
+
+    model = Path(args.model_path) if args.model_path else ensure_model(args.embedded_model)
+    model_args = ["--model-path", str(model)]
+    if args.page_size:
+        model_args += ["--page-size", str(args.page_size)]
+    tok = AutoTokenizer.from_pretrained(str(model))
+    convs = load_sharegpt(limit=args.conversations, min_turns=args.min_turns,
+                          max_turns=args.max_turns, max_chars=args.max_chars)
+    cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    import os
+
+    meta = {"started": f"{datetime.now():%Y-%m-%d %H:%M:%S}", "model": model.name,
+            "conversations": len(convs), "max_turns": args.max_turns, "max_chars": args.max_chars,
+            "rate": args.rate, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+            "requests": sum(len(c.user_turns) for c in convs), "host_cpus": os.cpu_count(),
+            "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,
+            "page_size": args.page_size or 1}
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.configs.split(","):
+        setup = SETUPS[name]
+        print(f"[pd_bench] {name}: starting", flush=True)
+        with serving(setup, model_args, out / "logs", args.cpus, colo_env) as (url, facts):
+            t0 = time.perf_counter()
+            records = replay(url, convs, tok, cfg)
+            facts["wall_s"] = time.perf_counter() - t0
+        summary = summarize(records)
+        later = [r.jct for r in records if r.turn > 0 and r.error is None]
+        summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")
+        results[name] = {"summary": summary, "facts": facts, "records": to_jsonable(records)}
+        print(f"[pd_bench] {name}: jct_avg={summary['jct_avg']:.3f}s "
+              f"ttft_avg={summary['ttft_avg']:.3f}s hit={summary['hit_rate']:.2f} "
+              f"failed={summary['failed']} wall={facts['wall_s']:.1f}s", flush=True)
+        (out / "pd_bench.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                      indent=1, default=str))
+    md = markdown(results, meta)
+    (out / "pd_bench.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
