@@ -49,6 +49,8 @@ def main() -> None:
     p.add_argument("--max-chars", type=int, default=1200)
     p.add_argument("--rate", type=float, default=0.5)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--think-time", type=float, default=0.0,
+                   help="mean pause (s) between a reply and the next turn")
     p.add_argument("--device-tokens", type=int, default=6144)
     p.add_argument("--host-ratio", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=1)
@@ -59,7 +61,8 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(model)
     convs = load_sharegpt(limit=args.conversations, min_turns=2, max_turns=args.turns,
                           max_chars=args.max_chars)
-    cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens)
+    cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens,
+                       think_time_s=args.think_time)
     todo = configs(model, args.device_tokens, args.host_ratio)
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only}
@@ -76,6 +79,7 @@ def main() -> None:
     merged = [sorted(rs, key=lambda r: r["jct_avg"])[len(rs) // 2] for rs in rows.values()]
     meta = {"workload": {"conversations": len(convs), "turns": args.turns,
                          "max_chars": args.max_chars, "rate": args.rate,
+                         "think_time": args.think_time,
                          "max_new_tokens": args.max_new_tokens,
                          "requests": sum(len(c.user_turns) for c in convs)},
             "device_tokens": args.device_tokens, "host_ratio": args.host_ratio,

@@ -33,6 +33,9 @@ class ReplayConfig:
         seed: arrival-time seed, so configurations compared in one run see the same schedule.
         retokenize: render the chat as text each turn instead of carrying token ids.
         timeout_s: per-request timeout.
+        think_time_s: mean of the exponential pause between a reply and the user's next turn
+            (0: none). Pauses let other conversations evict a conversation's prefix, which is
+            what a DRAM tier is for.
     """
 
     rate: float = 0.5
@@ -40,6 +43,7 @@ class ReplayConfig:
     seed: int = 0
     retokenize: bool = False
     timeout_s: float = 600.0
+    think_time_s: float = 0.0
 
 
 class ChatEncoder:
@@ -89,11 +93,13 @@ async def _generate(session: aiohttp.ClientSession, url: str, ids: list[int],
 
 async def _conversation(session: aiohttp.ClientSession, url: str, conv: Conversation,
                         start_at: float, enc: ChatEncoder, cfg: ReplayConfig, t0: float,
-                        out: list[RequestRecord]) -> None:
+                        out: list[RequestRecord], think: random.Random) -> None:
     await asyncio.sleep(max(0.0, start_at - (time.perf_counter() - t0)))
     ids: list[int] = []
     messages: list[dict[str, str]] = []
     for turn, user in enumerate(conv.user_turns):
+        if turn and cfg.think_time_s > 0:
+            await asyncio.sleep(think.expovariate(1.0 / cfg.think_time_s))
         if cfg.retokenize:
             messages.append({"role": "user", "content": user})
             ids = enc.render(messages)
@@ -137,8 +143,10 @@ async def replay_async(url: str, convs: Sequence[Conversation], tokenizer: Any,
     async with aiohttp.ClientSession(timeout=timeout) as session:
         t0 = time.perf_counter()
         starts = arrival_times(len(convs), cfg.rate, cfg.seed)
-        await asyncio.gather(*(_conversation(session, url, c, s, enc, cfg, t0, out)
-                               for c, s in zip(convs, starts, strict=True)))
+        await asyncio.gather(*(
+            _conversation(session, url, c, s, enc, cfg, t0, out,
+                          random.Random(cfg.seed * 1_000_003 + i))
+            for i, (c, s) in enumerate(zip(convs, starts, strict=True))))
     out.sort(key=lambda r: (r.conv_id, r.turn))
     return out
 
