@@ -30,29 +30,60 @@ def generate(server: ServerProcess, ids: list[int]) -> dict:
     return r.json()
 
 
+PAGE = 16
+
+
+def paged(tiny_model: Path, name: str, logs: Path) -> ServerProcess:
+    return ServerProcess(["--model-path", str(tiny_model), "--instance-id", name,
+                          "--page-size", str(PAGE)], logs, name=name)
+
+
 @pytest.fixture(scope="module")
 def owner(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    with ServerProcess(["--model-path", str(tiny_model), "--instance-id", "owner"],
-                       tmp_path_factory.mktemp("logs"), name="owner") as s:
+    with paged(tiny_model, "owner", tmp_path_factory.mktemp("logs")) as s:
         yield s
 
 
-def test_push_prefix_then_hit_on_peer(owner: ServerProcess, memserve_server: ServerProcess
-                                      ) -> None:
+@pytest.fixture(scope="module")
+def peer(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    with paged(tiny_model, "peer", tmp_path_factory.mktemp("logs")) as s:
+        yield s
+
+
+def test_push_prefix_then_hit_on_peer(owner: ServerProcess, peer: ServerProcess) -> None:
     first = generate(owner, PROMPT)
-    dst = state(memserve_server)["endpoints"]["control"]
+    dst = state(peer)["endpoints"]["control"]
     src = state(owner)["endpoints"]["control"]
+    head = PROMPT[: len(PROMPT) // 2]
+    reply = rpc_call(src, {"op": "kv_push", "tokens": head, "dst": dst}, timeout_s=60)
+    assert reply["sent_pages"] == len(head) // PAGE and reply["skip"] == 0
+    # The whole prompt now: only the pages the peer lacks cross the wire (delta only).
     reply = rpc_call(src, {"op": "kv_push", "tokens": PROMPT, "dst": dst}, timeout_s=60)
-    assert reply["sent_pages"] == len(PROMPT)  # page size 1: one page per token
-    peer = state(memserve_server)["peer"]
-    assert peer["pages_received"] >= len(PROMPT)
-    second = generate(memserve_server, PROMPT)
-    assert second["meta_info"]["cached_tokens"] >= len(PROMPT) - 1
+    whole = len(PROMPT) // PAGE * PAGE
+    assert reply["skip"] == len(head) // PAGE * PAGE
+    assert reply["sent_pages"] == (whole - reply["skip"]) // PAGE
+    assert state(peer)["peer"]["pages_received"] == whole // PAGE
+    second = generate(peer, PROMPT)
+    assert second["meta_info"]["cached_tokens"] >= whole - PAGE
     assert second["output_ids"] == first["output_ids"]
-    # Pushing again moves nothing: the peer already has every page (delta only).
     again = rpc_call(src, {"op": "kv_push", "tokens": PROMPT, "dst": dst}, timeout_s=60)
-    assert again["sent_pages"] == 0 and again["skip"] == len(PROMPT)
-    assert state(memserve_server)["pending_transfers"] == 0
+    assert again["sent_pages"] == 0
+    assert state(peer)["pending_transfers"] == 0
+
+
+def test_layout_mismatch_is_refused(owner: ServerProcess, memserve_server: ServerProcess
+                                    ) -> None:
+    """Page size 16 -> page size 1: the layouts differ; nothing is sent or indexed."""
+    generate(owner, PROMPT)
+    dst = state(memserve_server)["endpoints"]["control"]
+    before = state(memserve_server)
+    with pytest.raises(MemPoolError, match="[Ll]ayout|page"):
+        rpc_call(state(owner)["endpoints"]["control"],
+                 {"op": "kv_push", "tokens": PROMPT, "dst": dst}, timeout_s=60)
+    after = state(memserve_server)
+    assert after["pending_transfers"] == 0
+    assert after["peer"]["pages_received"] == before["peer"]["pages_received"]
+    assert after["protected_tokens"] == 0
 
 
 def test_push_to_dead_or_wrong_peer_fails_cleanly(owner: ServerProcess, tmp_path) -> None:
