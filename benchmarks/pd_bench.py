@@ -28,6 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from sglang_memserve import compat
 
 compat.apply_import_patches()
@@ -41,7 +43,7 @@ from sglang_memserve.model import ensure_model  # noqa: E402
 from sglang_memserve.pd import PdCluster, PdOptions  # noqa: E402
 from sglang_memserve.pd.client import memserve_state  # noqa: E402
 from sglang_memserve.pd.metrics import kv_transfer_stats, scrape  # noqa: E402
-from sglang_memserve.workloads import load_sharegpt  # noqa: E402
+from sglang_memserve.workloads import load_longdoc, load_sharegpt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +53,7 @@ class Setup:
     name: str
     label: str
     pd_stage: str | None  # None: colocated
-    cache: str  # colocated --memserve-cache
+    cache: str  # colocated --memserve-cache; PD: prefill's and decode's
 
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
@@ -60,6 +62,10 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
     Setup("pd-basic", "PD-Basic", "basic", "off"),
     Setup("pd-caching1", "PD-Caching-1", "caching1", "memserve"),
     Setup("pd-cache", "PD-Caching-1+2", "caching2", "memserve"),
+    Setup("pd-caching3", "PD-Caching-1+2+3 (MemServe)", "caching3", "memserve"),
+    # Stock SGLang PD: SGLang's own radix cache on prefill, with / without its decode cache.
+    Setup("sglang-pd", "stock SGLang PD", "caching1", "stock"),
+    Setup("sglang-pd-dcache", "stock SGLang PD + decode cache", "caching2", "stock"),
 )}
 DEFAULT_CONFIGS = ("colo-nocache", "colo-cache", "pd-basic", "pd-cache")
 # Prometheus series worth keeping from each instance (sum and count of these histograms).
@@ -97,15 +103,21 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
         pin = (p, d)
     else:
         pin = PdOptions().cpus
-    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin)
+    caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
+                                                    "decode_cache": setup.cache}
+    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin, **caches)
     with PdCluster(opts, log_dir / setup.name) as pd:
         facts["startup_s"] = time.perf_counter() - t0
         facts["cpus"] = pin
         before = kv_transfer_stats(pd.prefill.url)
         counters = _prompt_counters(pd.prefill.url)
+        computed_before = _effective_input(pd.prefill.url)
         yield pd.url, facts
         time.sleep(1.0)
         facts["computed_on_prefill"] = _computed(counters, _prompt_counters(pd.prefill.url))
+        if facts["computed_on_prefill"] is None:  # stock cache: SGLang's own prefill counter
+            facts["computed_on_prefill"] = int(_effective_input(pd.prefill.url)
+                                               - computed_before)
         delta = kv_transfer_stats(pd.prefill.url) - before
         facts["kv_transfers"] = delta.transfers
         facts["kv_transfer_mb"] = delta.total_mb
@@ -122,6 +134,16 @@ def _prompt_counters(url: str) -> tuple[int, int] | None:
     if not c:
         return None
     return int(c.get("prompt_tokens", 0)), int(sum((c.get("hit_tokens") or {}).values()))
+
+
+def _effective_input(url: str) -> float:
+    """SGLang's ``sglang:prefill_effective_tokens_total{mode="input"}``: prompt tokens the
+    instance computed (cache hits are other modes)."""
+    total = 0.0
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("sglang:prefill_effective_tokens_total{") and 'mode="input"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _computed(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int | None:
@@ -184,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=0.5, help="conversations per second")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--think-time", type=float, default=0.0,
+                    help="mean pause (s) between a reply and the user's next turn")
+    ap.add_argument("--workload", choices=("sharegpt", "longdoc"), default="sharegpt",
+                    help="longdoc: several questions per long document (--conversations "
+                         "documents x --max-turns questions, --max-chars of context)")
     ap.add_argument("--cpus", default=None,
                     help="PD core split 'P/D' (e.g. '0/1'), or 'shared'; default: one core each")
     ap.add_argument("--page-size", type=int, default=None,
@@ -200,9 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.page_size:
         model_args += ["--page-size", str(args.page_size)]
     tok = AutoTokenizer.from_pretrained(str(model))
-    convs = load_sharegpt(limit=args.conversations, min_turns=args.min_turns,
-                          max_turns=args.max_turns, max_chars=args.max_chars)
-    cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.workload == "longdoc":
+        convs = load_longdoc(docs=args.conversations, questions_per_doc=args.max_turns,
+                             max_context_chars=args.max_chars)
+    else:
+        convs = load_sharegpt(limit=args.conversations, min_turns=args.min_turns,
+                              max_turns=args.max_turns, max_chars=args.max_chars)
+    cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       think_time_s=args.think_time)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     import os
@@ -210,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"started": f"{datetime.now():%Y-%m-%d %H:%M:%S}", "model": model.name,
             "conversations": len(convs), "max_turns": args.max_turns, "max_chars": args.max_chars,
             "rate": args.rate, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+            "workload": args.workload, "think_time": args.think_time,
             "requests": sum(len(c.user_turns) for c in convs), "host_cpus": os.cpu_count(),
             "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,
             "page_size": args.page_size or 1}

@@ -40,8 +40,7 @@ def wait_received(prefill: ServerProcess, at_least: int, timeout: float = 30.0) 
 
 @pytest.fixture(scope="module")
 def pd_return(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdCluster]:
-    options = PdOptions(stage="caching2", common_args=("--model-path", str(tiny_model)),
-                        decode_args=("--kv-return",))
+    options = PdOptions(stage="caching3", common_args=("--model-path", str(tiny_model)))
     with PdCluster(options, tmp_path_factory.mktemp("pd-caching3")) as pd:
         yield pd
 

@@ -10,6 +10,9 @@ The stages follow the MemServe paper's ladder (see ``docs/pd.md``):
 * ``basic``    PD-Basic: no prefix cache anywhere (prefill ``--memserve-cache off``);
 * ``caching1`` PD-Caching-1: prefill keeps its radix cache, so a later turn computes only the
   new suffix;
+* ``caching3`` PD-Caching-3 (MemServe): on top of ``caching2``, decode returns the KV of each
+  finished request (prompt + generated tokens) to prefill (``--kv-return``), so the next turn,
+  whose prompt carries the answer, hits on prefill for the answer too;
 * ``caching2`` PD-Caching-2: decode indexes the KV it received and generated
   (``--disaggregation-decode-enable-radix-cache``); it tells prefill how much prefix it already
   has, and prefill sends only the pages after it.
@@ -38,11 +41,12 @@ import requests
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.cluster.process import ServerStartError
 
-STAGES: tuple[str, ...] = ("basic", "caching1", "caching2")
+STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
 STAGE_LABELS: dict[str, str] = {
     "basic": "PD-Basic",
     "caching1": "PD-Caching-1",
     "caching2": "PD-Caching-2",
+    "caching3": "PD-Caching-3",
 }
 
 
@@ -72,7 +76,7 @@ class PdOptions:
     """How to start a 1P1D cluster.
 
     Attributes:
-        stage: ``basic``, ``caching1`` or ``caching2`` (see the module docstring).
+        stage: ``basic``, ``caching1``, ``caching2`` or ``caching3`` (module docstring).
         prefill_cache: prefill's ``--memserve-cache`` (default: ``off`` for ``basic``, else
             ``memserve``).
         decode_cache: decode's ``--memserve-cache`` when its radix cache is on (``caching2``).
@@ -130,9 +134,11 @@ class PdOptions:
 
     def decode_argv(self) -> list[str]:
         argv = ["--role", "decode", "--instance-id", "decode-0"]
-        if self.stage == "caching2":
+        if self.stage in ("caching2", "caching3"):
             argv += ["--memserve-cache", self.decode_cache,
                      "--disaggregation-decode-enable-radix-cache"]
+            if self.stage == "caching3":
+                argv.append("--kv-return")
         else:
             # SGLang disables decode's radix cache itself; say so rather than name a backend.
             argv += ["--memserve-cache", "off"]
