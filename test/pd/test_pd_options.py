@@ -20,8 +20,12 @@ def test_stage_flags() -> None:
     argv = c2.prefill_argv(7000)
     assert argv[argv.index("--disaggregation-bootstrap-port") + 1] == "7000"
     assert argv[-4:] == ["--page-size", "16", "--x", "1"]
+    c3 = PdOptions(stage="caching3")
+    assert "--kv-return" in c3.decode_argv()
+    assert "--disaggregation-decode-enable-radix-cache" in c3.decode_argv()
+    assert "--kv-return" not in c2.decode_argv()
     with pytest.raises(ValueError):
-        PdOptions(stage="caching3")
+        PdOptions(stage="caching4")
 
 
 def test_cores_and_env() -> None:
