@@ -19,8 +19,8 @@ from typing import Any
 from sglang.srt.disaggregation.kv_events import StorageMedium
 from sglang.srt.mem_cache.events import KVCacheEventRecorder
 
-from sglang_memserve.mempool import EVENT_FORMAT_VERSION, EventPublisher, RadixTree
-from sglang_memserve.mempool.events import change_to_event
+from sglang_memserve.mempool import EventPublisher, RadixTree
+from sglang_memserve.mempool.events import change_to_event, tree_snapshot
 from sglang_memserve.mempool.radix import Change
 
 TIER_OF_MEDIUM = {StorageMedium.GPU: "device", StorageMedium.CPU: "host"}
@@ -75,14 +75,7 @@ class InstanceIndex:
     def snapshot(self) -> dict[str, Any]:
         """The whole index as ``stored`` events with the seq of the last published message."""
         with self._lock:
-            entries = []
-            for node in self.tree.nodes():
-                path = self.tree.path_of(node)
-                for tier, ids in node.locs.items():
-                    entries.append(change_to_event(
-                        Change("stored", tier, path, len(path) - len(node.pages), ids)))
-            seq = self.publisher.seq if self.publisher is not None else 0
-            return {"v": EVENT_FORMAT_VERSION, "seq": seq, "entries": entries}
+            return tree_snapshot(self.tree, self.publisher.seq if self.publisher else 0)
 
     def pages_by_tier(self) -> dict[str, int]:
         with self._lock:

@@ -48,6 +48,16 @@ def change_to_event(c: Change) -> dict:
     }
 
 
+def tree_snapshot(tree: RadixTree, seq: int) -> dict:
+    """A snapshot reply: the whole ``tree`` as ``stored`` events, as of message ``seq``."""
+    entries = []
+    for n in tree.nodes():
+        p = tree.path_of(n)
+        for tier, ids in n.locs.items():
+            entries.append(change_to_event(Change("stored", tier, p, len(p) - len(n.pages), ids)))
+    return {"v": EVENT_FORMAT_VERSION, "seq": seq, "entries": entries}
+
+
 class EventPublisher:
     """PUB socket of one instance's KV events. Not thread-safe: the pool calls it under its lock.
 

@@ -28,7 +28,7 @@ from .errors import (
     TransferError,
     UnknownTier,
 )
-from .events import EVENT_FORMAT_VERSION, EventPublisher, change_to_event
+from .events import EventPublisher, change_to_event, tree_snapshot
 from .membership import MemberInfo, MemberRegistry, TierInfo
 from .radix import Change, Node, RadixTree
 from .results import InsertResult, MatchedNode, MatchResult, TransferResult
@@ -514,15 +514,7 @@ class MemPool:
     def snapshot(self) -> dict:
         """The whole index as ``stored`` events, with the seq of the last published message."""
         with self._lock:
-            entries = []
-            for n in self.tree.nodes():
-                p = self.tree.path_of(n)
-                for tier, ids in n.locs.items():
-                    entries.append(
-                        change_to_event(Change("stored", tier, p, len(p) - len(n.pages), ids))
-                    )
-            seq = self.events.seq if self.events is not None else 0
-            return {"v": EVENT_FORMAT_VERSION, "seq": seq, "entries": entries}
+            return tree_snapshot(self.tree, self.events.seq if self.events is not None else 0)
 
     def _on_prepare(self, msg: dict) -> dict:
         with self._lock:
