@@ -37,7 +37,7 @@ compat.apply_import_patches()
 from transformers import AutoTokenizer  # noqa: E402
 
 from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
-from sglang_memserve.bench.replay import ReplayConfig, replay  # noqa: E402
+from sglang_memserve.bench.replay import OUTPUT_LENS, ReplayConfig, replay  # noqa: E402
 from sglang_memserve.cluster import ServerProcess  # noqa: E402
 from sglang_memserve.model import ensure_model  # noqa: E402
 from sglang_memserve.pd import PdCluster, PdOptions  # noqa: E402
@@ -157,20 +157,27 @@ def _fmt(v: float, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _new_tokens(meta: dict[str, Any]) -> str:
+    if meta.get("output_len") == "dataset":
+        return f"answers as long as the data set's, at most {meta['max_new_tokens']} tokens"
+    return f"{meta['max_new_tokens']} new tokens"
+
+
 def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     base = results.get("colo-nocache", {}).get("summary")
     lines = [
         f"# PD benchmark ({meta['started']})", "",
         f"{meta['conversations']} ShareGPT conversations x <= {meta['max_turns']} turns "
         f"(max {meta['max_chars']} chars per turn), Poisson {meta['rate']} conv/s, "
-        f"{meta['max_new_tokens']} new tokens (greedy, EOS ignored), model `{meta['model']}`, "
+        f"{_new_tokens(meta)} (greedy, EOS ignored), model `{meta['model']}`, "
         f"{meta['host_cpus']} cores; PD cores {meta['cpus'] or 'one each'}, colocated "
         f"OMP threads {meta['colo_omp_threads'] or 'default'}, page size {meta['page_size']}.",
         "",
         "| config | JCT avg (s) | JCT p50 | JCT p99 | TTFT avg (s) | TTFT p50 | TTFT p99 | "
-        "hit rate | computed prompt tok | computed on prefill | KV sent (MB) | failed | "
+        "hit rate | output tok | computed prompt tok | computed on prefill | KV sent (MB) | "
+        "KV MB / req | failed | "
         "JCT avg / colo | JCT p50 / colo |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         s = r["summary"]
@@ -183,11 +190,35 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {SETUPS[name].label} | {_fmt(s['jct_avg'])} | {_fmt(s['jct_p50'])} | "
             f"{_fmt(s['jct_p99'])} | {_fmt(s['ttft_avg'])} | {_fmt(s['ttft_p50'])} | "
-            f"{_fmt(s['ttft_p99'])} | {_fmt(s['hit_rate'], 2)} | {s['computed_prompt_tokens']} | "
-            f"{on_prefill} | "
-            f"{'-' if kv is None else _fmt(kv, 1)} | {s['failed']} | {_fmt(ratio, 2)} | "
+            f"{_fmt(s['ttft_p99'])} | {_fmt(s['hit_rate'], 2)} | {s.get('output_tokens', '-')} | "
+            f"{s['computed_prompt_tokens']} | {on_prefill} | "
+            f"{'-' if kv is None else _fmt(kv, 1)} | "
+            f"{'-' if kv is None else _fmt(kv / max(1, s['requests'] - s['failed']), 2)} | "
+            f"{s['failed']} | {_fmt(ratio, 2)} | "
             f"{_fmt(ratio50, 2)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _target_ratios(results)) + "\n"
+
+
+def _target_ratios(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's targets: MemServe PD+cache against PD-Basic and stock decode-cache PD."""
+    ours = next((results[n] for n in ("pd-caching3", "pd-cache") if n in results), None)
+    if ours is None:
+        return []
+    out = ["", "Ratios of MemServe PD + cache "
+           f"({'1+2+3' if 'pd-caching3' in results else '1+2'}):", ""]
+    for ref, label in (("pd-basic", "PD-Basic"), ("sglang-pd-dcache", "stock PD + decode cache"),
+                       ("colo-nocache", "colocated, no cache")):
+        if ref not in results:
+            continue
+        a, b = ours["summary"], results[ref]["summary"]
+        pa = ours["facts"].get("computed_on_prefill") or a["prompt_tokens"]
+        pb = results[ref]["facts"].get("computed_on_prefill") or b["prompt_tokens"]
+        out.append(f"- vs {label}: JCT avg x{a['jct_avg'] / b['jct_avg']:.2f}, "
+                   f"p50 x{a['jct_p50'] / b['jct_p50']:.2f}, p99 x{a['jct_p99'] / b['jct_p99']:.2f}; "
+                   f"TTFT avg x{a['ttft_avg'] / b['ttft_avg']:.2f}, "
+                   f"p99 x{a['ttft_p99'] / b['ttft_p99']:.2f}; prefill tokens computed "
+                   f"x{pa / pb:.2f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,7 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-turns", type=int, default=2)
     ap.add_argument("--max-chars", type=int, default=1500)
     ap.add_argument("--rate", type=float, default=0.5, help="conversations per second")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=32,
+                    help="tokens per answer; with --output-len dataset, the cap")
+    ap.add_argument("--output-len", choices=OUTPUT_LENS, default="fixed",
+                    help="dataset: answers as long as the data set's (ShareGPT's real answers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--think-time", type=float, default=0.0,
                     help="mean pause (s) between a reply and the user's next turn")
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         convs = load_sharegpt(limit=args.conversations, min_turns=args.min_turns,
                               max_turns=args.max_turns, max_chars=args.max_chars)
     cfg = ReplayConfig(rate=args.rate, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       think_time_s=args.think_time)
+                       think_time_s=args.think_time, output_len=args.output_len)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     import os
@@ -242,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"started": f"{datetime.now():%Y-%m-%d %H:%M:%S}", "model": model.name,
             "conversations": len(convs), "max_turns": args.max_turns, "max_chars": args.max_chars,
             "rate": args.rate, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+            "output_len": args.output_len,
             "workload": args.workload, "think_time": args.think_time,
             "requests": sum(len(c.user_turns) for c in convs), "host_cpus": os.cpu_count(),
             "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sglang_memserve.bench.metrics import RequestRecord, summarize
-from sglang_memserve.bench.replay import arrival_times
+from sglang_memserve.bench.replay import ChatEncoder, ReplayConfig, arrival_times
 from sglang_memserve.workloads import load_longdoc, load_sharegpt
 
 
@@ -35,6 +35,23 @@ def test_sharegpt_limits(tmp_path: Path) -> None:
     convs = load_sharegpt(f, min_turns=2, max_chars=10)
     assert [c.id for c in convs] == ["a"]
     assert convs[0].user_turns == ("x" * 10, "z")
+    # Each user turn keeps the data set's answer to it ("" when the chat ends on the user).
+    assert convs[0].reference_answers == ("y", "")
+
+
+def test_dataset_output_lengths(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    enc = ChatEncoder(AutoTokenizer.from_pretrained(str(tiny_model)))
+    long = "the cache keeps the prefix " * 40
+    n = len(enc.tok(long, add_special_tokens=False).input_ids)
+    assert n > 20
+    assert enc.answer_len(long, cap=1000) == n
+    assert enc.answer_len(long, cap=16) == 16  # capped
+    assert enc.answer_len("", cap=16) == 16  # no reference answer: the cap
+    assert enc.answer_len("a", cap=16) >= 1
+    with pytest.raises(ValueError, match="output_len"):
+        ReplayConfig(output_len="median")
 
 
 def test_arrivals_are_seeded_poisson() -> None:

@@ -54,6 +54,7 @@ def summarize(records: list[RequestRecord]) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "cached_tokens": cached,
         "computed_prompt_tokens": prompt - cached,
+        "output_tokens": sum(len(r.output_ids) for r in ok),
         "hit_rate": cached / prompt if prompt else 0.0,
         "cached_by_tier": tiers,
     }

@@ -29,7 +29,11 @@ class ReplayConfig:
 
     Attributes:
         rate: conversation arrivals per second (Poisson); ``inf`` starts all at once.
-        max_new_tokens: tokens generated per turn (greedy, EOS ignored: equal work per config).
+        max_new_tokens: tokens generated per turn (greedy, EOS ignored: equal work per config);
+            with ``output_len="dataset"``, the cap.
+        output_len: ``"fixed"``: every turn generates ``max_new_tokens``; ``"dataset"``: as many
+            tokens as the data set's answer to that turn has (at least 1, at most
+            ``max_new_tokens``; ``max_new_tokens`` when the data set has no answer).
         seed: arrival-time seed, so configurations compared in one run see the same schedule.
         retokenize: render the chat as text each turn instead of carrying token ids.
         timeout_s: per-request timeout.
@@ -40,10 +44,18 @@ class ReplayConfig:
 
     rate: float = 0.5
     max_new_tokens: int = 32
+    output_len: str = "fixed"
     seed: int = 0
     retokenize: bool = False
     timeout_s: float = 600.0
     think_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.output_len not in OUTPUT_LENS:
+            raise ValueError(f"output_len must be one of {OUTPUT_LENS}, not {self.output_len!r}")
+
+
+OUTPUT_LENS = ("fixed", "dataset")
 
 
 class ChatEncoder:
@@ -62,15 +74,21 @@ class ChatEncoder:
         closing = f"{self.tok.eos_token}\n<|user|>\n{user}{self.tok.eos_token}\n<|assistant|>\n"
         return list(self.tok(closing, add_special_tokens=False).input_ids)
 
+    def answer_len(self, reference: str, cap: int) -> int:
+        """Tokens to generate for a turn whose data-set answer is ``reference``."""
+        if not reference:
+            return cap
+        return max(1, min(cap, len(self.tok(reference, add_special_tokens=False).input_ids)))
+
     def render(self, messages: list[dict[str, str]]) -> list[int]:
         return list(self.tok.apply_chat_template(messages, tokenize=True,
                                                  add_generation_prompt=True, return_dict=False))
 
 
 async def _generate(session: aiohttp.ClientSession, url: str, ids: list[int],
-                    cfg: ReplayConfig, t0: float) -> tuple[float, float, dict, list[int]]:
+                    max_new_tokens: int) -> tuple[float, float, dict, list[int]]:
     body = {"input_ids": ids, "stream": True, "sampling_params": {
-        "temperature": 0, "max_new_tokens": cfg.max_new_tokens, "ignore_eos": True}}
+        "temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}}
     start = time.perf_counter()
     ttft = None
     last: dict = {}
@@ -105,9 +123,12 @@ async def _conversation(session: aiohttp.ClientSession, url: str, conv: Conversa
             ids = enc.render(messages)
         else:
             ids = ids + enc.follow_up(user) if ids else enc.first(user)
+        n_new = cfg.max_new_tokens
+        if cfg.output_len == "dataset" and turn < len(conv.reference_answers):
+            n_new = enc.answer_len(conv.reference_answers[turn], cfg.max_new_tokens)
         sent = time.perf_counter() - t0
         try:
-            ttft, jct, last, output = await _generate(session, url, ids, cfg, t0)
+            ttft, jct, last, output = await _generate(session, url, ids, n_new)
         except Exception as exc:  # recorded, and the conversation stops: its next turn needs this
             out.append(RequestRecord(conv.id, turn, sent, 0.0, 0.0, len(ids), 0, error=str(exc)))
             return

@@ -19,10 +19,15 @@ LONGDOC_FILE = "longdoc_qa.jsonl"
 
 @dataclass(frozen=True)
 class Conversation:
-    """A multi-turn chat: the user turns in order (answers are generated at replay time)."""
+    """A multi-turn chat: the user turns in order (answers are generated at replay time).
+
+    ``reference_answers[i]`` is the data set's answer to turn ``i`` (``""`` when it has none);
+    replays use only its length, to generate answers as long as real ones.
+    """
 
     id: str
     user_turns: tuple[str, ...]
+    reference_answers: tuple[str, ...] = ()
 
 
 def data_dir() -> Path | None:
@@ -58,18 +63,31 @@ def load_sharegpt(path: Path | None = None, *, limit: int | None = None, min_tur
             else shipped_sample()
     out: list[Conversation] = []
     for item in json.loads(Path(path).read_text()):
-        turns = [t["value"] for t in item.get("conversations", [])
-                 if t.get("from") == "human" and t.get("value", "").strip()]
+        turns, answers = _user_turns(item.get("conversations", []))
         if max_chars:
             turns = [t[:max_chars] for t in turns]
         if max_turns:
-            turns = turns[:max_turns]
+            turns, answers = turns[:max_turns], answers[:max_turns]
         if len(turns) < min_turns:
             continue
-        out.append(Conversation(str(item.get("id", len(out))), tuple(turns)))
+        out.append(Conversation(str(item.get("id", len(out))), tuple(turns), tuple(answers)))
         if limit and len(out) >= limit:
             break
     return out
+
+
+def _user_turns(messages: list[dict]) -> tuple[list[str], list[str]]:
+    """Non-empty user turns, each with the answer that follows it (``""`` if none does)."""
+    turns: list[str] = []
+    answers: list[str] = []
+    for m in messages:
+        value = m.get("value", "")
+        if m.get("from") == "human" and value.strip():
+            turns.append(value)
+            answers.append("")
+        elif m.get("from") == "gpt" and turns and not answers[-1]:
+            answers[-1] = value
+    return turns, answers
 
 
 def load_longdoc(path: Path | None = None, *, docs: int = 4, questions_per_doc: int = 4,
@@ -93,7 +111,7 @@ def load_longdoc(path: Path | None = None, *, docs: int = 4, questions_per_doc: 
         text = "\n".join(json.loads(shipped_sample().read_text())[i]["conversations"][j]["value"]
                          for i in range(20) for j in range(2))
         items = [{"doc_id": f"sample-{d}", "context": text[d * 500:] + text[:d * 500],
-                  "questions": [{"question": q} for q in (
+                  "questions": [{"question": q, "answer": ""} for q in (
                       "Summarize the document.", "What is the main topic?",
                       "List three facts it states.", "Which part is about caching?")]}
                  for d in range(docs)]
@@ -107,5 +125,6 @@ def load_longdoc(path: Path | None = None, *, docs: int = 4, questions_per_doc: 
                 prompt = (f"Read the document and answer the question.\n\n"
                           f"{d['context'][:max_context_chars]}\n\n"
                           f"Question: {d['questions'][q]['question']}")
-                out.append(Conversation(f"{d['doc_id']}#q{q}", (prompt,)))
+                answer = str(d["questions"][q].get("answer") or "")
+                out.append(Conversation(f"{d['doc_id']}#q{q}", (prompt,), (answer,)))
     return out
