@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from sglang_memserve import compat
 
 compat.apply_import_patches()
 
+import profiling  # noqa: E402  (beside this script)
 from transformers import AutoTokenizer  # noqa: E402
 
 from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
@@ -82,7 +83,8 @@ def _kept(metrics: dict[str, float]) -> dict[str, float]:
 @contextmanager
 def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
             colo_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Starts one configuration; yields (URL, a dict the caller fills with end-of-run facts)."""
+    """Starts one configuration; yields (URL, a dict the caller fills with end-of-run facts;
+    ``facts["pids"]`` are the instances' launcher processes)."""
     facts: dict[str, Any] = {}
     t0 = time.perf_counter()
     if setup.pd_stage is None:
@@ -90,6 +92,7 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
                                log_dir, name=setup.name, env=colo_env)
         with server:
             facts["startup_s"] = time.perf_counter() - t0
+            facts["pids"] = [server.proc.pid]
             before = _prompt_counters(server.url)
             yield server.url, facts
             facts["computed_on_prefill"] = _computed(before, _prompt_counters(server.url))
@@ -109,6 +112,7 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
     with PdCluster(opts, log_dir / setup.name) as pd:
         facts["startup_s"] = time.perf_counter() - t0
         facts["cpus"] = pin
+        facts["pids"] = [pd.prefill.proc.pid, pd.decode.proc.pid]
         before = kv_transfer_stats(pd.prefill.url)
         counters = _prompt_counters(pd.prefill.url)
         computed_before = _effective_input(pd.prefill.url)
@@ -252,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colo-omp-threads", type=int, default=None,
                     help="OMP_NUM_THREADS of the colocated server (default: torch's choice, "
                          "one per core)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="record the schedulers with py-spy during each replay into this dir")
     args = ap.parse_args(argv)
     colo_env = ({"OMP_NUM_THREADS": str(args.colo_omp_threads)}
                 if args.colo_omp_threads else None)
@@ -286,8 +292,11 @@ def main(argv: list[str] | None = None) -> None:
         setup = SETUPS[name]
         print(f"[pd_bench] {name}: starting", flush=True)
         with serving(setup, model_args, out / "logs", args.cpus, colo_env) as (url, facts):
+            profile = (profiling.recording(args.profile, name, facts.pop("pids"))
+                       if args.profile else nullcontext())
             t0 = time.perf_counter()
-            records = replay(url, convs, tok, cfg)
+            with profile:
+                records = replay(url, convs, tok, cfg)
             facts["wall_s"] = time.perf_counter() - t0
         summary = summarize(records)
         later = [r.jct for r in records if r.turn > 0 and r.error is None]

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from sglang_memserve.bench.replay import ReplayConfig, replay
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.mempool import RadixTree, TreeMirror
+from sglang_memserve.pd.client import memserve_integrity
 from sglang_memserve.workloads import Conversation, load_sharegpt
 
 CFG = ReplayConfig(rate=float("inf"), max_new_tokens=12)
@@ -31,6 +32,11 @@ def outputs(url: str, tok, convs: list[Conversation]) -> dict[tuple[str, int], l
 def memserve_state(server: ServerProcess) -> dict:
     info = requests.get(f"{server.url}/server_info", timeout=30).json()
     return info["internal_states"][0]["memserve"]
+
+
+def integrity(server: ServerProcess) -> dict[str, dict[str, int]]:
+    """MemPool's integrity check over the server's SGLang pools (raises on a violation)."""
+    return memserve_integrity(server.url)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,14 @@ def test_pressure_bounded_and_events_rebuild_index(tiered_server, tokenizer) -> 
         assert pages.get("device", 0) <= 640
         assert pages.get("host", 0) <= 640 * 4
         assert pages.get("host", 0) > 0
+        # MemPool over SGLang's memory: the index equals SGLang's tree page for page (checked
+        # inside), and with no request running every device page is free or cached.
+        counts = integrity(tiered_server)
+        assert counts["device"]["cached"] == pages["device"]
+        assert counts["host"]["cached"] == pages["host"]
+        dev = counts["device"]
+        assert dev["engine"] == 0 and dev["in_use"] == 0
+        assert dev["free"] + dev["cached"] == dev["capacity"] >= 640
     finally:
         mirror.close()
     # The server still serves.
@@ -142,5 +156,8 @@ def test_flush_clears_both_tiers_and_publishes(tiered_server) -> None:
             pass
         assert memserve_state(tiered_server)["index_pages"] == {}
         assert mirror.tree.flatten() == {}
+        counts = integrity(tiered_server)
+        assert counts["device"]["free"] == counts["device"]["capacity"]
+        assert counts["host"]["cached"] == 0
     finally:
         mirror.close()

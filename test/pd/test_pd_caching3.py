@@ -13,6 +13,7 @@ import requests
 
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.pd import PdCluster, PdOptions
+from sglang_memserve.pd.client import memserve_integrity
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
 
@@ -69,3 +70,43 @@ def test_generated_kv_returns_to_prefill_and_next_turn_hits(pd_return: PdCluster
     # Without the return, prefill could only have matched turn 1's prompt.
     assert hit >= pushed - 1 > len(turn1)
     assert memserve(pd_return.prefill)["pending_transfers"] == 0
+
+
+def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
+        pd_return: PdCluster, reference: ServerProcess) -> None:
+    """Prefill dies while decode generates: the request still completes on decode, the KV return
+    to the dead prefill fails within the bound and leaks nothing on decode; a restarted prefill
+    (same address and bootstrap port) rejoins, serves identical outputs and receives returns."""
+    ids = list(range(40, 140))
+    failures = memserve(pd_return.decode)["peer"]["push_failures"]
+    body = {"input_ids": ids, "stream": True, "sampling_params": {
+        "temperature": 0, "max_new_tokens": 400, "ignore_eos": True}}
+    with requests.post(f"{pd_return.url}/generate", json=body, stream=True, timeout=120) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith(b"data:"))  # decode is generating
+        pd_return.prefill.kill()
+        done = [line for line in lines if line.startswith(b"data:")]
+    assert done[-1].strip() == b"data: [DONE]"  # decode finished the request without prefill
+    deadline = time.monotonic() + 30
+    while memserve(pd_return.decode)["peer"]["push_failures"] == failures:
+        assert time.monotonic() < deadline, "the KV return to a dead prefill never resolved"
+        time.sleep(0.2)
+    decode = memserve_integrity(pd_return.decode.url)["device"]
+    assert decode["in_use"] == 0 and decode["engine"] == 0, decode
+    assert memserve(pd_return.decode)["protected_tokens"] == 0
+
+    pd_return.prefill.start()  # same port, same bootstrap port: the router's worker is back
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            out = generate(pd_return.url, ids)
+            break
+        except (AssertionError, requests.RequestException):
+            assert time.monotonic() < deadline, "the restarted prefill never served again"
+            time.sleep(1.0)
+    assert out == generate(reference.url, ids)
+    peer = wait_received(pd_return.prefill, 1)
+    assert peer["pages_received"] >= 1, peer  # KV returns flow to the new prefill process
+    for server in (pd_return.prefill, pd_return.decode):
+        dev = memserve_integrity(server.url)["device"]
+        assert dev["in_use"] == 0 and dev["engine"] == 0, dev

@@ -1,8 +1,10 @@
 """Decode dies while a request is in flight: the client hears about it within a bounded time,
-prefill keeps serving, and a replacement decode behind a new router serves the same outputs.
+prefill keeps serving with its MemPool intact, and a replacement decode behind a new router serves
+the same outputs.
 
-The test repairs the session's PD-Basic cluster (the replacement decode and router take the dead
-ones' places), so tests that run after it still have a working cluster.
+The test runs on, and repairs, the session's caching cluster (MemServe's cache on both sides; the
+replacement decode and router take the dead ones' places), so tests that run after it still have a
+working cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import requests
 
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.pd import PdCluster, RouterProcess
-from sglang_memserve.pd.client import generate
+from sglang_memserve.pd.client import generate, memserve_integrity
 
 BOUND_S = 30.0
 LONG = 1900  # new tokens: prompt + LONG stays within the tiny model's 2,048-token context
@@ -55,8 +57,15 @@ def stream_until_killed(url: str, ids: list[int], max_new_tokens: int,
         started.set()
 
 
-def test_decode_killed_mid_request(pd_basic: PdCluster, reference: ServerProcess) -> None:
-    pd = pd_basic
+def settled(url: str) -> None:
+    """The instance's MemPool passes its integrity check with nothing held outside the cache."""
+    dev = memserve_integrity(url)["device"]
+    assert dev["in_use"] == 0 and dev["engine"] == 0, dev
+    assert dev["free"] + dev["cached"] == dev["capacity"]
+
+
+def test_decode_killed_mid_request(pd_cached: PdCluster, reference: ServerProcess) -> None:
+    pd = pd_cached
     ids = list(range(20, 120))
     started, out = threading.Event(), {}
     client = threading.Thread(target=stream_until_killed,
@@ -78,6 +87,7 @@ def test_decode_killed_mid_request(pd_basic: PdCluster, reference: ServerProcess
     # Prefill is alive and its scheduler still runs a forward pass (SGLang's health_generate
     # on a prefill instance uses a fake bootstrap, no decode needed).
     assert requests.get(f"{pd.prefill.url}/health_generate", timeout=BOUND_S).status_code == 200
+    settled(pd.prefill.url)
 
     # The router notices the dead decode (its health check) and then fails fast, without
     # sending prefill a request whose decode half cannot bootstrap.
@@ -100,3 +110,6 @@ def test_decode_killed_mid_request(pd_basic: PdCluster, reference: ServerProcess
                               pd.options.router_args, pd.host, dict(pd.options.env)).start()
     want = generate(reference.url, ids, 16)["output_ids"]
     assert generate(pd.url, ids, 16)["output_ids"] == want
+    time.sleep(1.0)  # the decode side releases the request after the response is sent
+    settled(pd.prefill.url)
+    settled(decode.url)

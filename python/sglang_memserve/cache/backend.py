@@ -6,8 +6,10 @@ SGLang's HiCache attachment (the DRAM tier: host pool, async load-back) still ap
 
 What the subclass adds:
 
-* MemPool's index of this instance (:class:`~.index.InstanceIndex`), kept exact through SGLang's
-  placement-event hook, with KV events for the router;
+* the instance's MemPool (:class:`~sglang_memserve.mempool.EngineMemPool`): its memory API runs
+  over SGLang's own allocators and KV pools (device, and HiCache's host pool: :mod:`.tiers`), its
+  index is kept exact through SGLang's placement-event hook (:mod:`.index`) and publishes KV
+  events for the router;
 * one control channel (ZMQ) serving index snapshots and KV movement (:mod:`.peer`): decode ->
   prefill KV return when a request ends (PD-Caching-3) and peer prefix migration;
 * per-request hit accounting per tier and swap accounting (:mod:`.metrics`);
@@ -24,10 +26,12 @@ from sglang.srt.mem_cache.registry import TreeCacheBuildContext, create_unified_
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 from sglang_memserve.cache.bridge import SchedulerBridge
-from sglang_memserve.cache.index import IndexRecorder, InstanceIndex
+from sglang_memserve.cache.index import IndexRecorder
 from sglang_memserve.cache.metrics import CacheMetrics
 from sglang_memserve.cache.peer import PeerService
+from sglang_memserve.cache.tiers import SGLangEngine, device_tier, full_data, host_tier
 from sglang_memserve.config import MemServeConfig
+from sglang_memserve.mempool import EngineMemPool, EventPublisher, MemPoolConfig
 from sglang_memserve.mempool.rpc import RpcServer
 
 logger = logging.getLogger(__name__)
@@ -37,7 +41,7 @@ class MemServeRadixCache(UnifiedRadixCache):
     """SGLang's unified radix tree, indexed by MemPool and reported by MemServe."""
 
     memserve_config: MemServeConfig = MemServeConfig()
-    memserve_index: InstanceIndex | None = None
+    memserve_pool: EngineMemPool | None = None
     memserve_metrics: CacheMetrics | None = None
     memserve_bridge: SchedulerBridge | None = None
     memserve_peer: PeerService | None = None
@@ -52,27 +56,47 @@ class MemServeRadixCache(UnifiedRadixCache):
                 publishes events and serves the control channel.
         """
         self.memserve_config = config
-        self.memserve_index = InstanceIndex(
-            config.instance_id, self.page_size, config.host,
-            events_port=config.events_port if primary and config.events_port >= 0 else None)
+        tiers = {"device": device_tier(self)}
+        host = host_tier(self)
+        if host is not None:
+            tiers["host"] = host
+        events = (EventPublisher(config.instance_id, config.host, config.events_port)
+                  if primary and config.events_port >= 0 else None)
+        self.memserve_pool = EngineMemPool(
+            MemPoolConfig(page_size=self.page_size, host=config.host,
+                          transfer_timeout_s=config.peer_timeout_s),
+            config.instance_id, tiers, SGLangEngine(self), events)
         self.memserve_metrics = CacheMetrics(config.instance_id)
-        kvcache = self.token_to_kv_pool_allocator.get_kvcache()
-        buffers = list(getattr(kvcache, "k_buffer", [])) + list(getattr(kvcache, "v_buffer", []))
-        self._page_nbytes = self.page_size * sum(b[0].numel() * b.element_size() for b in buffers)
+        self._page_nbytes = tiers["device"].store.layout.page_nbytes
         core = self.tree_core
-        core.kv_events = IndexRecorder(core.kv_events, self.memserve_index,
+        core.kv_events = IndexRecorder(core.kv_events, self.memserve_pool,
                                        self._page_ids, on_store=self._on_store)
         if not primary:
             return
         self.memserve_bridge = SchedulerBridge()
+        pool = self.memserve_pool
         handlers: dict[str, Callable[[dict], dict]] = {
-            "snapshot": lambda _m: self.memserve_index.snapshot()}
-        if buffers:
-            self.memserve_peer = PeerService(self, self.memserve_bridge, _Transport(config),
-                                             timeout_s=config.peer_timeout_s)
-            handlers.update(self.memserve_peer.handlers())
+            "snapshot": lambda _m: pool.snapshot(),
+            "integrity": lambda _m: self.memserve_bridge.call(self.memserve_check,
+                                                              config.peer_timeout_s)}
+        self.memserve_peer = PeerService(self, pool, self.memserve_bridge, _Transport(config),
+                                         timeout_s=config.peer_timeout_s)
+        handlers.update(self.memserve_peer.handlers())
         self.memserve_control = RpcServer(config.instance_id, config.host, config.control_port,
                                           handlers)
+
+    def memserve_check(self) -> dict[str, Any]:
+        """MemPool's integrity check over SGLang's memory (scheduler thread): per tier free,
+        cached (the index, equal to SGLang's tree), in use (MemPool transfers) and engine-held
+        (running requests) pages, disjoint and summing to the capacity.
+
+        Raises:
+            IntegrityError: on any inconsistency.
+        """
+        assert self.memserve_pool is not None
+        return {"counts": self.memserve_pool.check_integrity(),
+                "evictable_tokens": int(self.evictable_size()),
+                "protected_tokens": int(self.protected_size())}
 
     # ---- hooks -------------------------------------------------------------------------
 
@@ -82,7 +106,7 @@ class MemServeRadixCache(UnifiedRadixCache):
             self.memserve_bridge.drain(scheduler)
 
     def _page_ids(self, node: Any, tier: str) -> list[int] | None:
-        data = _full_data(node)
+        data = full_data(node)
         if data is None:
             return None
         value = data.value if tier == "device" else data.host_value
@@ -93,7 +117,7 @@ class MemServeRadixCache(UnifiedRadixCache):
     def _on_store(self, node: Any, tier: str, pages: int) -> None:
         if self.memserve_metrics is None or pages <= 0:
             return
-        data = _full_data(node)
+        data = full_data(node)
         if tier == "host":
             self.memserve_metrics.swap("out", pages, pages * self._page_nbytes)
         elif data is not None and data.host_value is not None:
@@ -102,7 +126,8 @@ class MemServeRadixCache(UnifiedRadixCache):
     def protected_size(self) -> int:
         # NOTE: slots reserved for an incoming transfer are held like a running request's:
         # SGLang's pool invariant (available + evictable + protected + ... == total) must see them.
-        reserved = self.memserve_peer.reserved_tokens() if self.memserve_peer else 0
+        pool = self.memserve_pool
+        reserved = pool.in_use_pages("device") * self.page_size if pool else 0
         return super().protected_size() + reserved
 
     def on_release(self, req: Any, *, checkpointed: bool) -> None:
@@ -124,8 +149,8 @@ class MemServeRadixCache(UnifiedRadixCache):
 
     def memserve_state(self) -> dict[str, Any]:
         """What ``/server_info`` reports under ``internal_states[i]["memserve"]``; read-only."""
-        index = self.memserve_index
-        pages = index.pages_by_tier() if index else {}
+        pool = self.memserve_pool
+        pages = pool.pages_by_tier() if pool else {}
         if self.memserve_metrics is not None:
             self.memserve_metrics.occupancy(pages)
         return {
@@ -139,7 +164,7 @@ class MemServeRadixCache(UnifiedRadixCache):
             "protected_tokens": int(self.protected_size()),
             "index_pages": pages,
             "endpoints": {
-                "events": index.publisher.endpoint if index and index.publisher else None,
+                "events": pool.events.endpoint if pool and pool.events else None,
                 "control": self.memserve_control.endpoint if self.memserve_control else None,
             },
             "counters": self.memserve_metrics.counters.as_dict() if self.memserve_metrics else {},
@@ -206,14 +231,6 @@ def _prefill_control(req: Any) -> str | None:
     if not host or not port:
         return None
     return f"tcp://{host}:{int(port) + 1}"
-
-
-def _full_data(node: Any) -> Any:
-    """The node's Full-attention component data (``component_data`` is indexed by the enum)."""
-    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
-    data = getattr(node, "component_data", None)
-    return data[ComponentType.FULL] if data is not None else None
 
 
 def factory(ctx: TreeCacheBuildContext) -> MemServeRadixCache:

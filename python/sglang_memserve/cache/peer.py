@@ -6,14 +6,16 @@ Both are one operation, *push a cached prefix to a peer and index it there*: Mem
 
 1. Source, scheduler thread: match the tokens in its tree, lock the matched path.
 2. Source, worker thread: ``kv_prepare`` to the destination's control channel. The destination
-   (on its scheduler thread) matches what it already has, locks it, allocates pages for the
-   rest from SGLang's allocator under a lease, and answers with its page ids and its KV layout.
+   (on its scheduler thread) matches what it already has, locks it, takes pages for the rest
+   with its MemPool's ``alloc_mem`` (SGLang's allocator; SGLang's tree evicts if needed) under a
+   lease, and answers with its page ids and its KV layout.
 3. Source: writes only the missing pages with Mooncake (SGLang's own engine in PD processes,
    else a MemPool :class:`~sglang_memserve.mempool.TransferAgent`), in merged runs.
 4. Source: ``kv_commit``; the destination inserts the whole path into its tree (duplicates that
-   raced in meanwhile are freed by the tree) and unlocks. On any failure the source sends
-   ``kv_abort`` (or the lease expires) and the destination frees what it allocated: nothing is
-   half-indexed. The source unlocks its path on its scheduler thread.
+   raced in meanwhile are freed by the tree), hands the pages over from MemPool's in-use set
+   and unlocks. On any failure the source sends ``kv_abort`` (or the lease expires) and the
+   destination gives its pages back with ``free_mem``: nothing is half-indexed. The source
+   unlocks its path on its scheduler thread.
 """
 
 from __future__ import annotations
@@ -30,29 +32,20 @@ from typing import Any
 import torch
 
 from sglang_memserve.cache.bridge import SchedulerBridge
+from sglang_memserve.mempool import EngineMemPool
 from sglang_memserve.mempool.errors import MemPoolError, OutOfPages, TransferError
 from sglang_memserve.mempool.rpc import rpc_call
-from sglang_memserve.mempool.tier import PageLayout, SegmentStream
+from sglang_memserve.mempool.tier import PageLayout
 from sglang_memserve.mempool.transfer import plan_segments
 
 logger = logging.getLogger(__name__)
-
-
-def sglang_kv_layout(kvcache: Any, page_size: int) -> PageLayout:
-    """MemPool's description of SGLang's MHA KV pool: one segment stream per layer's K and V
-    buffer (``[tokens, heads, dim]``), pages of ``page_size`` tokens."""
-    streams = []
-    for buf in list(kvcache.k_buffer) + list(kvcache.v_buffer):
-        nbytes = buf[0].numel() * buf.element_size() * page_size
-        streams.append(SegmentStream(buf.data_ptr(), nbytes, nbytes))
-    return PageLayout(page_size, kvcache.k_buffer[0].shape[0] // page_size, tuple(streams))
 
 
 @dataclass
 class _Txn:
     tokens: list[int]
     skip: int
-    new: torch.Tensor
+    pages: list[int]  # MemPool in-use pages for tokens[skip:]
     prefix: torch.Tensor
     lock: Any
     deadline: float
@@ -79,21 +72,23 @@ class PeerService:
 
     Args:
         cache: the MemServe tree cache (SGLang's unified radix cache subclass).
+        pool: the instance's MemPool over SGLang's memory (allocation, layout).
         bridge: runs closures on the scheduler thread.
         transport: this process's Mooncake side: ``bind(regions)``, ``segment`` (where peers
             write) and ``write(segment, [(src, dst, nbytes)]) -> bytes``.
         timeout_s: bound on every control request and on a lease.
     """
 
-    def __init__(self, cache: Any, bridge: SchedulerBridge, transport: Any,
+    def __init__(self, cache: Any, pool: EngineMemPool, bridge: SchedulerBridge, transport: Any,
                  timeout_s: float = 10.0) -> None:
         self.cache = cache
+        self.pool = pool
         self.bridge = bridge
         self.transport = transport
         self.timeout_s = timeout_s
-        self.layout = sglang_kv_layout(cache.token_to_kv_pool_allocator.get_kvcache(),
-                                       cache.page_size)
-        self.regions = [(s.base, s.stride * self.layout.num_pages) for s in self.layout.streams]
+        device = pool.tiers["device"]
+        self.layout = device.store.layout
+        self.regions = [(r.addr, r.nbytes) for r in device.store.regions()]
         self.stats = PeerStats()
         self._txns: dict[str, _Txn] = {}
         self._work: list[Callable[[], None]] = []
@@ -147,25 +142,18 @@ class PeerService:
         return n, m.last_device_node, indices.to(torch.int64)
 
     def _prepare(self, txn: str, tokens: list[int]) -> dict:
-        from sglang.srt.mem_cache.base_prefix_cache import EvictParams
-
         self._reap()
         ps = self.cache.page_size
         tokens = tokens[: len(tokens) // ps * ps]
         skip, node, prefix = self._match(tokens)
-        need = len(tokens) - skip
         lock = self.cache.lock(node) if skip else None
-        alloc = self.cache.token_to_kv_pool_allocator
-        new = alloc.alloc(need) if need else torch.empty(0, dtype=torch.int64)
-        if new is None:
-            self.cache.evict(EvictParams(num_tokens=need))
-            new = alloc.alloc(need)
-        if new is None:
+        try:
+            pages = self.pool.alloc_mem((len(tokens) - skip) // ps, "device")
+        except OutOfPages:
             self.cache.unlock(lock)
-            raise OutOfPages(f"no room for {need} tokens of KV")
-        self._txns[txn] = _Txn(tokens, skip, new.to(torch.int64), prefix, lock,
+            raise
+        self._txns[txn] = _Txn(tokens, skip, pages, prefix, lock,
                                time.monotonic() + 2 * self.timeout_s)
-        pages = (new[::ps] // ps).tolist() if need else []
         self.transport.bind(self.regions)
         return {"skip": skip, "pages": pages, "segment": self.transport.segment,
                 "layout": self.layout.to_json()}
@@ -177,11 +165,13 @@ class PeerService:
         txn = self._txns.pop(txn_id, None)
         if txn is None:
             raise MemPoolError(f"unknown or expired transfer {txn_id}")
-        value = torch.cat([txn.prefix, txn.new])
+        device = self.pool.tiers["device"].allocator
+        value = torch.cat([txn.prefix, device.slots(txn.pages).to(txn.prefix.device)])
         self.cache.insert(InsertParams(key=RadixKey(array("q", txn.tokens)), value=value,
                                        prev_prefix_len=txn.skip))
+        self.pool.hand_over(txn.pages, "device")  # indexed, or freed by SGLang as duplicates
         self.cache.unlock(txn.lock)
-        self.stats.pages_received += len(txn.new) // self.cache.page_size
+        self.stats.pages_received += len(txn.pages)
         self.stats.pages_skipped += txn.skip // self.cache.page_size
         return {"indexed": len(txn.tokens)}
 
@@ -189,8 +179,7 @@ class PeerService:
         txn = self._txns.pop(txn_id, None)
         if txn is None:
             return False
-        if len(txn.new):
-            self.cache.token_to_kv_pool_allocator.free(txn.new)
+        self.pool.free_mem(txn.pages, "device")
         self.cache.unlock(txn.lock)
         return True
 
@@ -202,10 +191,6 @@ class PeerService:
 
     def pending(self) -> int:
         return len(self._txns)
-
-    def reserved_tokens(self) -> int:
-        """KV slots allocated for transfers not yet committed (neither free nor in the tree)."""
-        return sum(len(t.new) for t in self._txns.values())
 
     # ---- source side ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Modules (one per concern):
 * ``tensor_tier`` -- tensor-backed adapters for tests and benchmarks.
 * ``radix`` -- the radix prompt tree (page keys carry token ids; locks; LRU).
 * ``pool`` -- ``MemPool``: memory, index, elasticity, integrity, membership, transfers.
+* ``engine`` -- ``EngineMemPool``: a MemPool whose index a serving engine (SGLang) drives.
 * ``results`` -- ``InsertResult``, ``MatchResult``, ``TransferResult``.
 * ``membership`` -- ``MemberInfo``, ``MemberRegistry``.
 * ``transfer`` -- ``TransferAgent`` over Mooncake's TransferEngine, ``plan_segments``.
@@ -18,6 +19,7 @@ Modules (one per concern):
 """
 
 from .config import MemPoolConfig
+from .engine import Engine, EngineMemPool, EngineOwned
 from .errors import (
     CapacityError,
     IntegrityError,
@@ -40,6 +42,7 @@ from .tensor_tier import (
     ContiguousTensorStore,
     FreeListAllocator,
     LayerFirstTensorStore,
+    RowTensorStore,
     make_tensor_tier,
 )
 from .tier import PageAllocator, PageLayout, PageStore, Region, SegmentStream, Tier
@@ -47,6 +50,9 @@ from .transfer import TransferAgent
 
 __all__ = [
     "EVENT_FORMAT_VERSION",
+    "Engine",
+    "EngineMemPool",
+    "EngineOwned",
     "EventPublisher",
     "InsertResult",
     "MatchResult",
@@ -74,6 +80,7 @@ __all__ = [
     "PageOwnershipError",
     "PageStore",
     "Region",
+    "RowTensorStore",
     "SegmentStream",
     "Tier",
     "TransferError",

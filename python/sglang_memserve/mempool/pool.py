@@ -107,6 +107,19 @@ class MemPool:
                 n += len(c.pages)
         return n
 
+    def _evictable_pages(self, tier: str) -> int:
+        """Cached pages of ``tier`` that :meth:`evict` could free now."""
+        return self.tree.evictable_pages(tier)
+
+    def _check_total(self, tier: str, counts: dict[str, int]) -> None:
+        """Raise unless free + cached + in use == capacity (see :meth:`check_integrity`)."""
+        total = counts["free"] + counts["cached"] + counts["in_use"]
+        if total != counts["capacity"]:
+            raise IntegrityError(
+                f"{tier}: free {counts['free']} + cached {counts['cached']} + in use "
+                f"{counts['in_use']} != capacity {counts['capacity']}"
+            )
+
     def _check_owned(self, pages: Sequence[int], tier: str) -> None:
         owned = self._in_use[tier]
         bad = [p for p in pages if p not in owned]
@@ -135,10 +148,8 @@ class MemPool:
                 raise ValueError(f"cannot allocate {n} pages")
             short = n - t.allocator.num_free
             if short > 0:
-                if short > self.tree.evictable_pages(tier):
-                    raise OutOfPages(
-                        tier, n, t.allocator.num_free + self.tree.evictable_pages(tier)
-                    )
+                if short > self._evictable_pages(tier):
+                    raise OutOfPages(tier, n, t.allocator.num_free + self._evictable_pages(tier))
                 self.evict(short, tier)
             if n > t.allocator.num_free:
                 raise OutOfPages(tier, n, t.allocator.num_free)
@@ -435,18 +446,14 @@ class MemPool:
                 outside = (free | cached | used) - set(a.page_ids)
                 if outside:
                     raise IntegrityError(f"{name}: pages outside capacity: {sorted(outside)[:8]}")
-                total = len(free) + len(cached) + len(used)
-                if total != a.capacity:
-                    raise IntegrityError(
-                        f"{name}: free {len(free)} + cached {len(cached)} + in use {len(used)} "
-                        f"!= capacity {a.capacity}"
-                    )
-                out[name] = {
+                counts = {
                     "free": len(free),
                     "cached": len(cached),
                     "in_use": len(used),
                     "capacity": a.capacity,
                 }
+                self._check_total(name, counts)
+                out[name] = counts
             return out
 
     # ---- membership ----------------------------------------------------------------------

@@ -3,6 +3,8 @@
 * :class:`FreeListAllocator` -- a plain free list over ids ``[base, base + capacity)``.
 * :class:`ContiguousTensorStore` -- one ``uint8 [num_pages, page_nbytes]`` tensor; a page is one
   segment.
+* :class:`RowTensorStore` -- pages over existing per-stream tensors of token rows (how the
+  cache backend views SGLang's KV pools).
 * :class:`LayerFirstTensorStore` -- per layer K and V tensors ``[num_pages * page_size, heads,
   dim]``, the layout of SGLang's ``MHATokenToKVPool``; a page is ``2 * num_layers`` segments
   (K0, V0, K1, V1, ...).
@@ -159,10 +161,42 @@ class ContiguousTensorStore(_TensorStoreBase):
         return [self.buf]
 
 
-class LayerFirstTensorStore(_TensorStoreBase):
+class RowTensorStore(_TensorStoreBase):
+    """Pages over existing tensors, one per segment stream, each with ``num_pages * page_size``
+    rows (token slots): page ``p`` is rows ``[p * page_size, (p + 1) * page_size)`` of every
+    tensor. SGLang's ``MHATokenToKVPool`` (``k_buffer + v_buffer``) and HiCache's layer-first
+    host pool are stores of this kind; the store only views their memory.
+
+    Raises:
+        ValueError: no tensors, a tensor that is not contiguous, or row counts that differ.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], page_size: int) -> None:
+        if not tensors:
+            raise ValueError("a row store needs at least one tensor")
+        rows = tensors[0].shape[0]
+        if any(t.shape[0] != rows or not t.is_contiguous() for t in tensors):
+            raise ValueError("row-store tensors must be contiguous with equal row counts")
+        num_pages = rows // page_size
+        self._tensors = list(tensors)
+        segs = [page_size * t[0].numel() * t.element_size() for t in self._tensors]
+        self._layout = PageLayout(
+            page_size=page_size,
+            num_pages=num_pages,
+            streams=tuple(SegmentStream(t.data_ptr(), n, n)
+                          for t, n in zip(self._tensors, segs, strict=True)),
+        )
+        self._views = [t.reshape(-1).view(torch.uint8)[: num_pages * n].view(num_pages, n)
+                       for t, n in zip(self._tensors, segs, strict=True)]
+
+    def _byte_views(self) -> list[torch.Tensor]:
+        return self._views
+
+
+class LayerFirstTensorStore(RowTensorStore):
     """SGLang ``MHATokenToKVPool``-like layout: ``k[l]``, ``v[l]`` of shape
     ``[num_pages * page_size, heads, dim]``; page ``p`` holds tokens
-    ``[p * page_size, (p + 1) * page_size)`` of every layer."""
+    ``[p * page_size, (p + 1) * page_size)`` of every layer (segments K0, V0, K1, V1, ...)."""
 
     def __init__(
         self,
@@ -178,17 +212,7 @@ class LayerFirstTensorStore(_TensorStoreBase):
         shape = (num_pages * page_size, heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self._tensors = [t for kv in zip(self.k, self.v, strict=True) for t in kv]
-        seg = page_size * heads * head_dim * self.k[0].element_size()
-        self._layout = PageLayout(
-            page_size=page_size,
-            num_pages=num_pages,
-            streams=tuple(SegmentStream(t.data_ptr(), seg, seg) for t in self._tensors),
-        )
-        self._views = [t.view(torch.uint8).view(num_pages, seg) for t in self._tensors]
-
-    def _byte_views(self) -> list[torch.Tensor]:
-        return self._views
+        super().__init__([t for kv in zip(self.k, self.v, strict=True) for t in kv], page_size)
 
 
 def make_tensor_tier(

@@ -28,3 +28,19 @@ def hit_tokens(url: str) -> int:
     """Prompt tokens this instance's MemServe tree cache has served from cache (all tiers)."""
     counters = memserve_state(url).get("counters") or {}
     return int(sum((counters.get("hit_tokens") or {}).values()))
+
+
+def memserve_integrity(url: str, timeout: float = 30.0) -> dict[str, dict[str, int]]:
+    """Run the instance's MemPool integrity check (on its scheduler thread) and return, per tier,
+    ``free``/``cached``/``in_use``/``engine``/``capacity`` pages.
+
+    Raises:
+        MemPoolError: the check failed (an ``IntegrityError`` on the instance), or no control
+            channel answered.
+    """
+    from sglang_memserve.mempool.rpc import rpc_call
+
+    control = (memserve_state(url).get("endpoints") or {}).get("control")
+    if not control:
+        raise RuntimeError(f"{url} has no MemServe control channel")
+    return rpc_call(control, {"op": "integrity"}, timeout_s=timeout)["counts"]
