@@ -63,6 +63,30 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _median_s(fn: Callable[[], object], reps: int, warmup: int,
+              once: Callable[[Callable[[], object]], float]) -> float:
+    """Median of ``once(fn)`` over ``reps`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    return statistics.median(once(fn) for _ in range(reps))
+
+
+def _cuda_once(fn: Callable[[], object]) -> float:
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) * 1e-3
+
+
+def _wall_once(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def cuda_time(fn: Callable[[], object], reps: int = 10, warmup: int = 2) -> float:
     """Median seconds of ``fn`` on the current stream, timed with CUDA events per run.
 
@@ -74,18 +98,7 @@ def cuda_time(fn: Callable[[], object], reps: int = 10, warmup: int = 2) -> floa
     Returns:
         Median seconds.
     """
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e-3)
-    return statistics.median(ts)
+    return _median_s(fn, reps, warmup, _cuda_once)
 
 
 _CYCLES_PER_MS: list[float] = []
@@ -164,15 +177,7 @@ def wall_time(fn: Callable[[], object], reps: int = 5, warmup: int = 1) -> float
     Returns:
         Median seconds.
     """
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return _median_s(fn, reps, warmup, _wall_once)
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sglang_memserve.mempool import PageAllocator, RowTensorStore, Tier
-from sglang_memserve.mempool.errors import CapacityError, OutOfPages, PageOwnershipError
+from sglang_memserve.mempool.errors import CapacityError, OutOfPages
 
 
 class _SlotAllocator(PageAllocator):
@@ -65,12 +65,7 @@ class _SlotAllocator(PageAllocator):
         pages = list(pages)
         if not pages:
             return
-        top = self._base + self._capacity
-        free = self.free_page_ids()
-        bad = [p for p in pages if p in free or not self._base <= p < top]
-        if bad or len(set(pages)) != len(pages):
-            raise PageOwnershipError(f"{self.tier_name}: cannot free pages "
-                                     f"{(bad or pages)[:8]}: already free, foreign or repeated")
+        self.check_freeable(pages, self.free_page_ids())
         self._free_slots(self.slots(pages))
 
     def slots(self, pages: Iterable[int]) -> torch.Tensor:

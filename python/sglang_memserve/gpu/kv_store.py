@@ -138,9 +138,7 @@ class _KVPageStoreBase(PageStore):
             pages: page ids.
             data: ``uint8 [len(pages), page_nbytes]`` on any device.
         """
-        n = len(pages)
-        if tuple(data.shape) != (n, self.shape.page_nbytes):
-            raise ValueError(f"page images of shape {tuple(data.shape)} for {n} pages")
+        n = _check_images(data, len(pages), self.shape.page_nbytes)
         dev = self.buffer.device
         src = data.to(dev).contiguous().view(self.shape.word_dtype)
         src = src.view(n, self.shape.num_segs, self.shape.seg_words)
@@ -307,11 +305,16 @@ class PinnedHostKVStore(_KVPageStoreBase):
             pages: page ids.
             data: ``uint8 [len(pages), page_nbytes]`` on any device.
         """
-        n = len(pages)
-        if tuple(data.shape) != (n, self.shape.page_nbytes):
-            raise ValueError(f"page images of shape {tuple(data.shape)} for {n} pages")
+        _check_images(data, len(pages), self.shape.page_nbytes)
         ids = self._ids(pages, torch.device("cpu"))
         self.buffer.view(torch.uint8).view(self.num_pages, -1).index_copy_(0, ids, data.cpu())
+
+
+def _check_images(data: torch.Tensor, n: int, page_nbytes: int) -> int:
+    """Raise ValueError unless ``data`` is ``n`` page images; returns ``n``."""
+    if tuple(data.shape) != (n, page_nbytes):
+        raise ValueError(f"page images of shape {tuple(data.shape)} for {n} pages")
+    return n
 
 
 def make_cuda_tiers(shape: KVShape, device_pages: int, host_pages: int, *,

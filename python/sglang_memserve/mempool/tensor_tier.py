@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from .errors import CapacityError, OutOfPages, PageOwnershipError
+from .errors import CapacityError, OutOfPages
 from .tier import PageAllocator, PageLayout, PageStore, Region, SegmentStream, Tier
 
 
@@ -62,10 +62,7 @@ class FreeListAllocator(PageAllocator):
 
     def free(self, pages: Iterable[int]) -> None:
         pages = list(pages)
-        top = self._base + self._capacity
-        bad = [p for p in pages if p in self._free or not self._base <= p < top]
-        if bad or len(set(pages)) != len(pages):
-            raise PageOwnershipError(f"cannot free pages {bad or pages}: already free or foreign")
+        self.check_freeable(pages, self._free)
         self._free.update(pages)
 
     def free_page_ids(self) -> set[int]:

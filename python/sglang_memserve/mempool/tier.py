@@ -23,12 +23,12 @@ transfer move. Implementations: ``tensor_tier`` (CPU tensors, for tests and benc
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .errors import LayoutMismatch, MemPoolError
+from .errors import LayoutMismatch, MemPoolError, PageOwnershipError
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,20 @@ class PageAllocator(abc.ABC):
     def page_ids(self) -> range:
         """All page ids currently managed."""
         return range(self.base, self.base + self.capacity)
+
+    def check_freeable(self, pages: Sequence[int], free: Collection[int]) -> None:
+        """What :meth:`free` must check first. Changes nothing.
+
+        Raises:
+            PageOwnershipError: a page of ``pages`` is in ``free`` (already free), outside the
+                managed range, or repeated.
+        """
+        top = self.base + self.capacity
+        bad = [p for p in pages if p in free or not self.base <= p < top]
+        if bad or len(set(pages)) != len(pages):
+            raise PageOwnershipError(
+                f"cannot free pages {(bad or list(pages))[:8]}: already free, foreign or repeated"
+            )
 
 
 class PageStore(abc.ABC):
