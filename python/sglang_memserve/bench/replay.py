@@ -161,7 +161,10 @@ async def replay_async(url: str, convs: Sequence[Conversation], tokenizer: Any,
     enc = ChatEncoder(tokenizer)
     out: list[RequestRecord] = []
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # NOTE: no keep-alive. A pooled connection that the server closes after its idle timeout
+    # (uvicorn: 5 s) while a user "thinks" fails the next request with "Server disconnected".
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         t0 = time.perf_counter()
         starts = arrival_times(len(convs), cfg.rate, cfg.seed)
         await asyncio.gather(*(
