@@ -171,8 +171,12 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     base = results.get("colo-nocache", {}).get("summary")
     lines = [
         f"# PD benchmark ({meta['started']})", "",
-        f"{meta['conversations']} ShareGPT conversations x <= {meta['max_turns']} turns "
-        f"(max {meta['max_chars']} chars per turn), Poisson {meta['rate']} conv/s, "
+        (f"{meta['conversations']} single-turn questions on long documents (max "
+         f"{meta['max_chars']} chars of context), Poisson {meta['rate']} requests/s, "
+         if meta.get("workload") == "longdoc" else
+         f"{meta['conversations']} ShareGPT conversations x <= {meta['max_turns']} turns "
+         f"(max {meta['max_chars']} chars per turn), Poisson {meta['rate']} conv/s, ")
+        +
         f"{_new_tokens(meta)} (greedy, EOS ignored), model `{meta['model']}`, "
         f"{meta['host_cpus']} cores; PD cores {meta['cpus'] or 'one each'}, colocated "
         f"OMP threads {meta['colo_omp_threads'] or 'default'}, page size {meta['page_size']}.",
