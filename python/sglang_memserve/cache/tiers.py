@@ -162,6 +162,9 @@ def host_tier(cache: Any) -> Tier | None:
     if controller is None:
         return None
     host = controller.mem_pool_host
+    anchor = getattr(host, "anchor_entry", None)
+    if anchor is not None:  # a HostPoolGroup: its KV pool is the anchor (it allocates there too)
+        host = anchor.host_pool
     if getattr(host, "layout", None) != "layer_first":
         raise ValueError(f"MemPool's host tier needs HiCache's layer_first layout, not "
                          f"{getattr(host, 'layout', None)!r}")
