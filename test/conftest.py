@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,22 @@ compat.apply_import_patches()
 
 from sglang_memserve.cluster import ServerProcess  # noqa: E402
 from sglang_memserve.model import ensure_model  # noqa: E402
+from sglang_memserve.pd.client import memserve_integrity  # noqa: E402
+
+
+def _settled(url: str) -> dict[str, int]:
+    """The instance's MemPool passes its integrity check and, as nothing runs, every device
+    page is free or cached (none in a transfer, none held by a request). Returns its counts."""
+    dev = memserve_integrity(url)["device"]
+    assert dev["in_use"] == 0 and dev["engine"] == 0, dev
+    assert dev["free"] + dev["cached"] == dev["capacity"], dev
+    return dev
+
+
+@pytest.fixture(scope="session")
+def settled() -> Callable[[str], dict[str, int]]:
+    """``settled(url)``: see :func:`_settled`."""
+    return _settled
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import requests
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.mempool import MemPoolError
 from sglang_memserve.mempool.rpc import rpc_call
-from sglang_memserve.pd.client import memserve_integrity
 
 PROMPT = [((i * 37) % 900) + 10 for i in range(300)]
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
@@ -22,14 +21,6 @@ GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
 def state(server: ServerProcess) -> dict:
     info = requests.get(f"{server.url}/server_info", timeout=30).json()
     return info["internal_states"][0]["memserve"]
-
-
-def settled(server: ServerProcess) -> dict[str, int]:
-    """The device tier's integrity counts, asserting nothing is held outside free + cached."""
-    dev = memserve_integrity(server.url)["device"]
-    assert dev["in_use"] == 0 and dev["engine"] == 0, dev
-    assert dev["free"] + dev["cached"] == dev["capacity"]
-    return dev
 
 
 def generate(server: ServerProcess, ids: list[int]) -> dict:
@@ -59,7 +50,8 @@ def peer(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
         yield s
 
 
-def test_push_prefix_then_hit_on_peer(owner: ServerProcess, peer: ServerProcess) -> None:
+def test_push_prefix_then_hit_on_peer(owner: ServerProcess, peer: ServerProcess, settled
+                                      ) -> None:
     first = generate(owner, PROMPT)
     dst = state(peer)["endpoints"]["control"]
     src = state(owner)["endpoints"]["control"]
@@ -78,12 +70,12 @@ def test_push_prefix_then_hit_on_peer(owner: ServerProcess, peer: ServerProcess)
     again = rpc_call(src, {"op": "kv_push", "tokens": PROMPT, "dst": dst}, timeout_s=60)
     assert again["sent_pages"] == 0
     assert state(peer)["pending_transfers"] == 0
-    assert settled(peer)["cached"] >= whole // PAGE
-    settled(owner)
+    assert settled(peer.url)["cached"] >= whole // PAGE
+    settled(owner.url)
 
 
-def test_layout_mismatch_is_refused(owner: ServerProcess, memserve_server: ServerProcess
-                                    ) -> None:
+def test_layout_mismatch_is_refused(owner: ServerProcess, memserve_server: ServerProcess,
+                                    settled) -> None:
     """Page size 16 -> page size 1: the layouts differ; nothing is sent or indexed."""
     generate(owner, PROMPT)
     dst = state(memserve_server)["endpoints"]["control"]
@@ -95,10 +87,11 @@ def test_layout_mismatch_is_refused(owner: ServerProcess, memserve_server: Serve
     assert after["pending_transfers"] == 0
     assert after["peer"]["pages_received"] == before["peer"]["pages_received"]
     assert after["protected_tokens"] == 0
-    settled(memserve_server)  # the pages allocated for the refused transfer went back
+    settled(memserve_server.url)  # the pages allocated for the refused transfer went back
 
 
-def test_push_to_dead_or_wrong_peer_fails_cleanly(owner: ServerProcess, tmp_path) -> None:
+def test_push_to_dead_or_wrong_peer_fails_cleanly(owner: ServerProcess, tmp_path, settled
+                                                  ) -> None:
     prompt = PROMPT[::-1]
     generate(owner, prompt)
     src = state(owner)["endpoints"]["control"]
@@ -108,4 +101,4 @@ def test_push_to_dead_or_wrong_peer_fails_cleanly(owner: ServerProcess, tmp_path
     # The owner keeps serving and its locks were released (everything evictable again).
     generate(owner, [5, 6, 7])
     assert state(owner)["protected_tokens"] == 0
-    settled(owner)
+    settled(owner.url)

@@ -13,7 +13,6 @@ import requests
 
 from sglang_memserve.cluster import ServerProcess
 from sglang_memserve.pd import PdCluster, PdOptions
-from sglang_memserve.pd.client import memserve_integrity
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
 
@@ -73,7 +72,7 @@ def test_generated_kv_returns_to_prefill_and_next_turn_hits(pd_return: PdCluster
 
 
 def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
-        pd_return: PdCluster, reference: ServerProcess) -> None:
+        pd_return: PdCluster, reference: ServerProcess, settled) -> None:
     """Prefill dies while decode generates: the request still completes on decode, the KV return
     to the dead prefill fails within the bound and leaks nothing on decode; a restarted prefill
     (same address and bootstrap port) rejoins, serves identical outputs and receives returns."""
@@ -91,8 +90,7 @@ def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
     while memserve(pd_return.decode)["peer"]["push_failures"] == failures:
         assert time.monotonic() < deadline, "the KV return to a dead prefill never resolved"
         time.sleep(0.2)
-    decode = memserve_integrity(pd_return.decode.url)["device"]
-    assert decode["in_use"] == 0 and decode["engine"] == 0, decode
+    settled(pd_return.decode.url)
     assert memserve(pd_return.decode)["protected_tokens"] == 0
 
     pd_return.prefill.start()  # same port, same bootstrap port: the router's worker is back
@@ -107,6 +105,5 @@ def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
     assert out == generate(reference.url, ids)
     peer = wait_received(pd_return.prefill, 1)
     assert peer["pages_received"] >= 1, peer  # KV returns flow to the new prefill process
-    for server in (pd_return.prefill, pd_return.decode):
-        dev = memserve_integrity(server.url)["device"]
-        assert dev["in_use"] == 0 and dev["engine"] == 0, dev
+    settled(pd_return.prefill.url)
+    settled(pd_return.decode.url)

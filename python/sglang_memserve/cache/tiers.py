@@ -17,7 +17,6 @@ allocator seen in pages (never a second free list over the same memory) and a
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,12 +27,17 @@ from sglang_memserve.mempool.errors import CapacityError, OutOfPages
 
 
 class _SlotAllocator(PageAllocator):
-    """A page view of an SGLang allocator that hands out token slots in whole pages."""
+    """A page view of an SGLang allocator of token slots (``available_size()``, ``alloc(n)``,
+    ``free(slots)``, ``device``) that hands them out in whole pages; subclasses give the page
+    range and the free-list census."""
 
-    def __init__(self, page_size: int, base: int, capacity: int) -> None:
-        self.page_size = page_size
+    tier_name = "?"
+
+    def __init__(self, inner: Any, base: int) -> None:
+        self.inner = inner
+        self.page_size = inner.page_size
         self._base = base
-        self._capacity = capacity
+        self._capacity = inner.size // inner.page_size
 
     @property
     def base(self) -> int:
@@ -49,14 +53,14 @@ class _SlotAllocator(PageAllocator):
 
     @property
     def num_free(self) -> int:
-        return self._available_slots() // self.page_size
+        return int(self.inner.available_size()) // self.page_size
 
     def alloc(self, n: int) -> list[int]:
         if n < 0:
             raise ValueError(f"cannot allocate {n} pages")
         if n == 0:
             return []
-        slots = self._alloc_slots(n * self.page_size)
+        slots = self.inner.alloc(n * self.page_size)
         if slots is None:
             raise OutOfPages(self.tier_name, n, self.num_free)
         return (slots[:: self.page_size] // self.page_size).tolist()
@@ -66,7 +70,7 @@ class _SlotAllocator(PageAllocator):
         if not pages:
             return
         self.check_freeable(pages, self.free_page_ids())
-        self._free_slots(self.slots(pages))
+        self.inner.free(self.slots(pages).to(self.inner.device))
 
     def slots(self, pages: Iterable[int]) -> torch.Tensor:
         """The token slots of ``pages``, page after page (what SGLang's APIs take)."""
@@ -78,36 +82,15 @@ class _SlotAllocator(PageAllocator):
             raise CapacityError(f"{self.tier_name}: SGLang sizes this pool at start-up "
                                 f"({self._capacity} pages)")
 
-    tier_name = "?"
-
-    @abc.abstractmethod
-    def _available_slots(self) -> int: ...
-
-    @abc.abstractmethod
-    def _alloc_slots(self, n: int) -> torch.Tensor | None: ...
-
-    @abc.abstractmethod
-    def _free_slots(self, slots: torch.Tensor) -> None: ...
-
 
 class DeviceAllocator(_SlotAllocator):
-    """SGLang's ``token_to_kv_pool_allocator`` in pages (ids ``1..size/ps``)."""
+    """SGLang's ``token_to_kv_pool_allocator`` in pages (ids ``1..size/ps``; page 0 is
+    SGLang's padding page)."""
 
     tier_name = "device"
 
     def __init__(self, allocator: Any) -> None:
-        super().__init__(allocator.page_size, 1, allocator.size // allocator.page_size)
-        self.inner = allocator
-
-    def _available_slots(self) -> int:
-        return int(self.inner.available_size())
-
-    def _alloc_slots(self, n: int) -> torch.Tensor | None:
-        out = self.inner.alloc(n)
-        return None if out is None else out.to(torch.int64).cpu()
-
-    def _free_slots(self, slots: torch.Tensor) -> None:
-        self.inner.free(slots.to(self.inner.device))
+        super().__init__(allocator, base=1)
 
     def free_page_ids(self) -> set[int]:
         free = self.inner.get_all_free_pages()  # page ids (token ids when page_size is 1)
@@ -120,17 +103,7 @@ class HostAllocator(_SlotAllocator):
     tier_name = "host"
 
     def __init__(self, host_pool: Any) -> None:
-        super().__init__(host_pool.page_size, 0, host_pool.size // host_pool.page_size)
-        self.inner = host_pool
-
-    def _available_slots(self) -> int:
-        return int(self.inner.available_size())
-
-    def _alloc_slots(self, n: int) -> torch.Tensor | None:
-        return self.inner.alloc(n)
-
-    def _free_slots(self, slots: torch.Tensor) -> None:
-        self.inner.free(slots)
+        super().__init__(host_pool, base=0)
 
     def free_page_ids(self) -> set[int]:
         used = self.inner.slot_used[: self.capacity * self.page_size : self.page_size]
