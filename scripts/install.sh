@@ -33,6 +33,7 @@ pip=("$venv/bin/python" -m pip install -q --no-warn-script-location)
 "${pip[@]}" -c requirements/cpu-constraints.txt -r requirements/sglang-cpu.txt
 "${pip[@]}" --no-deps sglang==0.5.23
 "${pip[@]}" -c requirements/cpu-constraints.txt -r requirements/extra.txt
+"${pip[@]}" --no-deps -r requirements/no-deps.txt
 "${pip[@]}" --no-deps -e .
 # This install is the CPU one: let every Python process in the venv (stock sglang tools too)
 # load the lazy import-compat finder (docs/cpu-compat.md).
