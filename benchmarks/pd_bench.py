@@ -7,11 +7,19 @@ Configurations (each started fresh, one after another, same conversations and ar
 * ``pd-basic``      1P1D behind sglang-router, no prefix cache anywhere (PD-Basic)
 * ``pd-cache``      1P1D, prefill's cache + decode's cache, delta-only transfers (PD-Caching-1+2)
 * ``pd-caching1``   1P1D, prefill's cache only (optional)
+* ``pd-caching3``   1P1D, PD-Caching-1+2 plus decode's KV return to prefill (MemServe)
+* ``sglang-pd`` / ``sglang-pd-dcache``  stock SGLang PD (its own radix cache), without / with
+  its decode radix cache
 
-Writes ``<out>/pd_bench.json`` (per-config summary, per-request records, PD counters) and
-``<out>/pd_bench.md`` (a table with ratios against ``colo-nocache`` of the same run)::
+``--rounds N`` runs the list N times, forward on even rounds and reversed on odd ones (every
+configuration starts fresh each time); every round is kept, and each ratio is computed per round
+and reported as mean (min-max, sd) over the rounds.
 
-    .venv/bin/python benchmarks/pd_bench.py --out results/pd-<date>
+Writes ``<out>/pd_bench.json`` (per config, a list of rounds: summary, per-request records, PD
+counters) and ``<out>/pd_bench.md`` (means over rounds, per-round JCT/TTFT, ratios with their
+spread)::
+
+    .venv/bin/python benchmarks/pd_bench.py --out results/pd-<date> --rounds 3
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
 from sglang_memserve.bench.replay import OUTPUT_LENS, ReplayConfig, replay  # noqa: E402
+from sglang_memserve.bench.rounds import ratio_spread, round_order  # noqa: E402
 from sglang_memserve.cluster import ServerProcess  # noqa: E402
 from sglang_memserve.model import ensure_model  # noqa: E402
 from sglang_memserve.pd import PdCluster, PdOptions  # noqa: E402
@@ -167,8 +176,21 @@ def _new_tokens(meta: dict[str, Any]) -> str:
     return f"{meta['max_new_tokens']} new tokens"
 
 
-def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    base = results.get("colo-nocache", {}).get("summary")
+def _prefill_tokens(run: dict[str, Any]) -> int:
+    """Prompt tokens computed on prefill (the colocated server) in one round."""
+    on_prefill = run["facts"].get("computed_on_prefill")
+    return run["summary"]["prompt_tokens"] if on_prefill is None else on_prefill  # no cache
+
+
+def _mean(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.fmean(float(r["summary"][key]) for r in runs)
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> str:
+    """The report: one row per configuration (means over rounds; the per-round JCT and TTFT
+    columns show the spread), then the target ratios with their spread across rounds."""
+    base = results.get("colo-nocache")
+    rounds = meta.get("rounds", 1)
     lines = [
         f"# PD benchmark ({meta['started']})", "",
         (f"{meta['conversations']} single-turn questions on long documents (max "
@@ -179,54 +201,91 @@ def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         +
         f"{_new_tokens(meta)} (greedy, EOS ignored), model `{meta['model']}`, "
         f"{meta['host_cpus']} cores; PD cores {meta['cpus'] or 'one each'}, colocated "
-        f"OMP threads {meta['colo_omp_threads'] or 'default'}, page size {meta['page_size']}.",
+        f"OMP threads {meta['colo_omp_threads'] or 'default'}, page size {meta['page_size']}; "
+        f"{rounds} round(s), order {meta.get('order', 'forward')} (figures: mean over rounds).",
         "",
         "| config | JCT avg (s) | JCT p50 | JCT p99 | TTFT avg (s) | TTFT p50 | TTFT p99 | "
         "hit rate | output tok | computed prompt tok | computed on prefill | KV sent (MB) | "
-        "KV MB / req | failed | "
-        "JCT avg / colo | JCT p50 / colo |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "KV MB / req | failed | JCT avg / colo | JCT avg per round | TTFT avg per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
-        s = r["summary"]
-        ratio = (s["jct_avg"] / base["jct_avg"]) if base else float("nan")
-        ratio50 = (s["jct_p50"] / base["jct_p50"]) if base else float("nan")
-        kv = r["facts"].get("kv_transfer_mb")
-        on_prefill = r["facts"].get("computed_on_prefill")
-        if on_prefill is None:  # no prefix cache: every prompt token is computed
-            on_prefill = s["prompt_tokens"]
+    for name, runs in results.items():
+        kvs = [r["facts"].get("kv_transfer_mb") for r in runs]
+        kv = None if any(k is None for k in kvs) else statistics.fmean(kvs)
+        ok = statistics.fmean(r["summary"]["requests"] - r["summary"]["failed"] for r in runs)
+        ratio = (ratio_spread([r["summary"]["jct_avg"] for r in runs],
+                              [r["summary"]["jct_avg"] for r in base]).fmt()
+                 if base else "-")
         lines.append(
-            f"| {SETUPS[name].label} | {_fmt(s['jct_avg'])} | {_fmt(s['jct_p50'])} | "
-            f"{_fmt(s['jct_p99'])} | {_fmt(s['ttft_avg'])} | {_fmt(s['ttft_p50'])} | "
-            f"{_fmt(s['ttft_p99'])} | {_fmt(s['hit_rate'], 2)} | {s.get('output_tokens', '-')} | "
-            f"{s['computed_prompt_tokens']} | {on_prefill} | "
+            f"| {SETUPS[name].label} | " + " | ".join(_fmt(_mean(runs, k)) for k in (
+                "jct_avg", "jct_p50", "jct_p99", "ttft_avg", "ttft_p50", "ttft_p99"))
+            + f" | {_fmt(_mean(runs, 'hit_rate'), 2)} | {round(_mean(runs, 'output_tokens'))} | "
+            f"{round(_mean(runs, 'computed_prompt_tokens'))} | "
+            f"{round(statistics.fmean(_prefill_tokens(r) for r in runs))} | "
             f"{'-' if kv is None else _fmt(kv, 1)} | "
-            f"{'-' if kv is None else _fmt(kv / max(1, s['requests'] - s['failed']), 2)} | "
-            f"{s['failed']} | {_fmt(ratio, 2)} | "
-            f"{_fmt(ratio50, 2)} |")
+            f"{'-' if kv is None else _fmt(kv / max(1.0, ok), 2)} | "
+            f"{sum(r['summary']['failed'] for r in runs)} | {ratio} | "
+            + " / ".join(f"{r['summary']['jct_avg']:.2f}" for r in runs) + " | "
+            + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " |")
     return "\n".join(lines + _target_ratios(results)) + "\n"
 
 
-def _target_ratios(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets: MemServe PD+cache against PD-Basic and stock decode-cache PD."""
-    ours = next((results[n] for n in ("pd-caching3", "pd-cache") if n in results), None)
-    if ours is None:
+# Figures compared against each reference: (label, per-round value).
+RATIO_FIGURES: tuple[tuple[str, Any], ...] = (
+    ("JCT avg", lambda r: r["summary"]["jct_avg"]),
+    ("JCT p99", lambda r: r["summary"]["jct_p99"]),
+    ("TTFT avg", lambda r: r["summary"]["ttft_avg"]),
+    ("TTFT p99", lambda r: r["summary"]["ttft_p99"]),
+    ("prefill tokens computed", _prefill_tokens),
+)
+
+
+def _target_ratios(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The issue's targets: MemServe PD+cache against PD-Basic and stock decode-cache PD, one
+    ratio per round (rounds pair up by index), as mean (min-max, sd)."""
+    name = next((n for n in ("pd-caching3", "pd-cache") if n in results), None)
+    if name is None:
         return []
-    out = ["", "Ratios of MemServe PD + cache "
-           f"({'1+2+3' if 'pd-caching3' in results else '1+2'}):", ""]
+    ours = results[name]
+    out = ["", f"Ratios of MemServe PD + cache ({'1+2+3' if name == 'pd-caching3' else '1+2'}),"
+           " per round, as mean (min-max, sd) over rounds:", "",
+           "| against | " + " | ".join(f for f, _ in RATIO_FIGURES) + " |",
+           "|---|" + "---|" * len(RATIO_FIGURES)]
     for ref, label in (("pd-basic", "PD-Basic"), ("sglang-pd-dcache", "stock PD + decode cache"),
                        ("colo-nocache", "colocated, no cache")):
         if ref not in results:
             continue
-        a, b = ours["summary"], results[ref]["summary"]
-        pa = ours["facts"].get("computed_on_prefill") or a["prompt_tokens"]
-        pb = results[ref]["facts"].get("computed_on_prefill") or b["prompt_tokens"]
-        out.append(f"- vs {label}: JCT avg x{a['jct_avg'] / b['jct_avg']:.2f}, "
-                   f"p50 x{a['jct_p50'] / b['jct_p50']:.2f}, p99 x{a['jct_p99'] / b['jct_p99']:.2f}; "
-                   f"TTFT avg x{a['ttft_avg'] / b['ttft_avg']:.2f}, "
-                   f"p99 x{a['ttft_p99'] / b['ttft_p99']:.2f}; prefill tokens computed "
-                   f"x{pa / pb:.2f}")
+        cells = [ratio_spread([f(r) for r in ours], [f(r) for r in results[ref]]).fmt()
+                 for _, f in RATIO_FIGURES]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
+
+
+def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: Any,
+               colo_env: dict[str, str] | None, convs: list[Any], tok: Any,
+               cfg: ReplayConfig) -> dict[str, Any]:
+    """One round of one configuration: start it fresh, replay, stop it.
+
+    Returns:
+        ``{"round", "summary", "facts", "records"}``.
+    """
+    tag = setup.name if rnd == 0 else f"{setup.name}-r{rnd}"
+    print(f"[pd_bench] round {rnd} {setup.name}: starting", flush=True)
+    with serving(setup, model_args, out / "logs" / f"round{rnd}", args.cpus,
+                 colo_env) as (url, facts):
+        profile = (profiling.recording(args.profile, tag, facts.pop("pids"))
+                   if args.profile else nullcontext())
+        t0 = time.perf_counter()
+        with profile:
+            records = replay(url, convs, tok, cfg)
+        facts["wall_s"] = time.perf_counter() - t0
+    summary = summarize(records)
+    later = [r.jct for r in records if r.turn > 0 and r.error is None]
+    summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")
+    print(f"[pd_bench] round {rnd} {setup.name}: jct_avg={summary['jct_avg']:.3f}s "
+          f"ttft_avg={summary['ttft_avg']:.3f}s hit={summary['hit_rate']:.2f} "
+          f"failed={summary['failed']} wall={facts['wall_s']:.1f}s", flush=True)
+    return {"round": rnd, "summary": summary, "facts": facts, "records": to_jsonable(records)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colo-omp-threads", type=int, default=None,
                     help="OMP_NUM_THREADS of the colocated server (default: torch's choice, "
                          "one per core)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every configuration this many times, forward order on even "
+                         "rounds and reversed on odd ones; ratios are per round")
     ap.add_argument("--profile", type=Path, default=None,
                     help="record the schedulers with py-spy during each replay into this dir")
     args = ap.parse_args(argv)
@@ -290,27 +352,16 @@ def main(argv: list[str] | None = None) -> None:
             "workload": args.workload, "think_time": args.think_time,
             "requests": sum(len(c.user_turns) for c in convs), "host_cpus": os.cpu_count(),
             "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,
-            "page_size": args.page_size or 1}
-    results: dict[str, dict[str, Any]] = {}
-    for name in args.configs.split(","):
-        setup = SETUPS[name]
-        print(f"[pd_bench] {name}: starting", flush=True)
-        with serving(setup, model_args, out / "logs", args.cpus, colo_env) as (url, facts):
-            profile = (profiling.recording(args.profile, name, facts.pop("pids"))
-                       if args.profile else nullcontext())
-            t0 = time.perf_counter()
-            with profile:
-                records = replay(url, convs, tok, cfg)
-            facts["wall_s"] = time.perf_counter() - t0
-        summary = summarize(records)
-        later = [r.jct for r in records if r.turn > 0 and r.error is None]
-        summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")
-        results[name] = {"summary": summary, "facts": facts, "records": to_jsonable(records)}
-        print(f"[pd_bench] {name}: jct_avg={summary['jct_avg']:.3f}s "
-              f"ttft_avg={summary['ttft_avg']:.3f}s hit={summary['hit_rate']:.2f} "
-              f"failed={summary['failed']} wall={facts['wall_s']:.1f}s", flush=True)
-        (out / "pd_bench.json").write_text(json.dumps({"meta": meta, "results": results},
-                                                      indent=1, default=str))
+            "page_size": args.page_size or 1, "rounds": args.rounds,
+            "order": "forward on even rounds, reversed on odd rounds"}
+    results: dict[str, list[dict[str, Any]]] = {}
+    configs = args.configs.split(",")
+    for rnd in range(args.rounds):
+        for name in round_order(configs, rnd):
+            run = run_config(SETUPS[name], rnd, model_args, out, args, colo_env, convs, tok, cfg)
+            results.setdefault(name, []).append(run)
+            (out / "pd_bench.json").write_text(json.dumps({"meta": meta, "results": results},
+                                                          indent=1, default=str))
     md = markdown(results, meta)
     (out / "pd_bench.md").write_text(md)
     print(md)
