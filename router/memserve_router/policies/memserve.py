@@ -1,0 +1,239 @@
+"""``memserve``, the default policy: lowest estimated time to first token, by the cost model.
+
+For each candidate ``c`` (prompt of ``x`` tokens, ``c`` caching ``y`` of them)::
+
+    local(c)      = wait(c) + exec(x, y) + swap_in(pages of c's DRAM part) + load(c)
+    migrate(h->c) = wait(c) + transfer(pages of h.hit - c.hit) + exec(x, h.hit)
+                    + swap_in(c's DRAM part) + load(c)          for a holder h with h.hit > c.hit
+
+``exec``, ``swap_in`` and ``transfer`` come from a measured cost table
+(``sglang_memserve.gpu.costmodel``); the link cost may be overridden by the config. ``load`` is
+``config.load_per_request_s`` per request on ``c``: small, so that equal estimates spread over
+idle instances. An exact whole-prompt hit still computes one token (``y <= x - 1``). A migration
+is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_gain_s`` and
+every local option. Ties: fewer requests, then rotation by instance id.
+
+Cost: one pass over the candidates plus, for each distinct hit length among them, a few exec
+lookups (cached) against the ``max_migrate_sources`` longest distinct hits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sglang_memserve.gpu.costmodel import CostTable, load_table
+
+from .base import (
+    Candidate,
+    Decision,
+    Estimate,
+    Policy,
+    PolicyConfig,
+    RouteRequest,
+    register_policy,
+    require_candidates,
+)
+
+# Estimates closer than this (seconds) count as equal, so float noise cannot break a tie.
+_TIE_S = 1e-9
+_EXEC_CACHE_SIZE = 1 << 16
+
+
+@register_policy("memserve")
+class MemServePolicy(Policy):
+    """Cost-model routing with optional prefix migration (module docstring)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__(config)
+        self.table: CostTable = load_table(config.cost_table)
+        self.transfer_per_page_s: float = (config.transfer_per_page_s
+                                           if config.transfer_per_page_s is not None
+                                           else self.table.transfer_per_page_s)
+        self._exec_cache: dict[tuple[int, int], float] = {}
+
+    def exec_s(self, x: int, y: int) -> float:
+        """Prefill time of ``x`` tokens with ``y`` cached (``y`` clamped to ``x - 1``), memoised.
+
+        Args:
+            x: prompt tokens (> 0).
+            y: cached prefix tokens (>= 0).
+
+        Returns:
+            Seconds. May grow the policy's bounded memo.
+        """
+        key = (x, min(y, x - 1))
+        t = self._exec_cache.get(key)
+        if t is None:
+            if len(self._exec_cache) >= _EXEC_CACHE_SIZE:
+                self._exec_cache.clear()
+            t = self._exec_cache[key] = self.table.exec_time(*key)
+        return t
+
+    def transfer_s(self, tokens: int) -> float:
+        """Time to move ``tokens`` tokens of KV over the link in use (whole table pages)."""
+        return self.table.pages_for(tokens) * self.transfer_per_page_s
+
+    def select(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Decision:
+        """See :meth:`Policy.select`; advances the rotation among ties and grows the exec memo.
+
+        Returns:
+            The cheapest option; ``migrate_from`` / ``migrate_tokens`` set when it is a
+            migration. ``estimates`` holds every local option and each candidate's cheapest
+            migration when ``request.explain``, else the chosen one only.
+        """
+        require_candidates(candidates)
+        cfg, table = self.config, self.table
+        x = request.num_tokens
+        exec_by_hit = {h if h < x else x: 0.0 for h in {c.hit_tokens for c in candidates}}
+        for h in exec_by_hit:
+            exec_by_hit[h] = self.exec_s(x, h)
+        # {hit length v: (transfer(u - v) + exec(x, u), u)} for the cheapest source length u > v
+        mig = self._sources(x, exec_by_hit) if cfg.migrate and len(exec_by_hit) > 1 else {}
+        sources = {u for _, u in mig.values()}
+        page, swap_pp, per_req = table.page_size, table.swap_in_per_page_s, cfg.load_per_request_s
+        local: list[float] = []
+        best_local = float("inf")
+        migs: list[tuple[float, int, int]] = []        # (total, target index, source length)
+        holder: dict[int, tuple[float, int, int]] = {}  # u: (local, requests, index), cheapest
+        for i, c in enumerate(candidates):              # the hot loop: inlined on purpose
+            ld = c.load
+            hit = c.hit_tokens if c.hit_tokens < x else x
+            r = ld.running + ld.queued
+            if ld.inflight > r:
+                r = ld.inflight
+            b = ld.queue_wait_s + r * per_req          # what every option on c pays
+            if c.host_tokens:
+                host = c.host_tokens if c.host_tokens < hit else hit
+                b += (-(-host // page)) * swap_pp
+            t = b + exec_by_hit[hit]
+            local.append(t)
+            if t < best_local:
+                best_local = t
+            if mig:
+                m = mig.get(hit)
+                if m is not None:
+                    migs.append((b + m[0], i, m[1]))
+                if hit in sources:
+                    hb = holder.get(hit)
+                    if hb is None or (t, r) < hb[:2]:
+                        holder[hit] = (t, r, i)
+        pick = self._rotate(self._fewest_requests(
+            [c for c, t in zip(candidates, local, strict=True) if t <= best_local + _TIE_S]))
+        chosen_mig = self._eligible_migration(migs, local, holder, best_local)
+        if chosen_mig is not None:
+            ti, src_hit = chosen_mig
+            target, source = candidates[ti], candidates[holder[src_hit][2]]
+            have = min(target.hit_tokens, x)
+            self._last = target.instance_id
+            chosen = self._estimate(x, target, have, source, src_hit)
+            reason = (f"migrate {src_hit - have} tokens from {source.instance_id}: "
+                      f"{chosen.total_s * 1e3:.2f} ms vs best local {best_local * 1e3:.2f} ms")
+            decision = Decision(target.instance_id, self.name, reason, source.instance_id,
+                                src_hit, have)
+        else:
+            chosen = self._estimate(x, pick, min(pick.hit_tokens, x))
+            decision = Decision(pick.instance_id, self.name,
+                                f"lowest estimate {chosen.total_s * 1e3:.2f} ms, hit "
+                                f"{chosen.hit_tokens}/{x} tokens")
+        if not request.explain:
+            return _with_estimates(decision, (chosen,))
+        return _with_estimates(decision, self._all_estimates(x, candidates, exec_by_hit, migs,
+                                                             holder))
+
+    def _all_estimates(self, x: int, candidates: Sequence[Candidate],
+                       exec_by_hit: dict[int, float], migs: list[tuple[float, int, int]],
+                       holder: dict[int, tuple[float, int, int]]) -> tuple[Estimate, ...]:
+        """Every local option, then each candidate's cheapest migration (the explain path:
+        builds one object per option, from the values ``select`` computed)."""
+        page, swap_pp = self.table.page_size, self.table.swap_in_per_page_s
+        per_req, per_page = self.config.load_per_request_s, self.transfer_per_page_s
+        ests = []
+        parts = []
+        for c in candidates:
+            ld = c.load
+            hit = c.hit_tokens if c.hit_tokens < x else x
+            host = c.host_tokens if c.host_tokens < hit else hit
+            part = (ld.queue_wait_s, (-(-host // page)) * swap_pp, ld.requests * per_req, host)
+            parts.append(part)
+            ests.append(Estimate(c.instance_id, hit, host, part[0], exec_by_hit[hit], part[1],
+                                 0.0, None, part[2]))
+        for _, i, u in migs:
+            c, (wait, swap, load, host) = candidates[i], parts[i]
+            have = c.hit_tokens if c.hit_tokens < x else x
+            ests.append(Estimate(c.instance_id, u, host, wait, exec_by_hit[u], swap,
+                                 (-(-(u - have) // page)) * per_page,
+                                 candidates[holder[u][2]].instance_id, load))
+        return tuple(ests)
+
+    def _eligible_migration(self, migs: list[tuple[float, int, int]], local: list[float],
+                            holder: dict[int, tuple[float, int, int]], best_local: float,
+                            ) -> tuple[int, int] | None:
+        """The cheapest migration that beats every local option, and its target's and its
+        source's local options by ``min_migrate_gain_s``.
+
+        Args:
+            migs: ``(total, target index, source length)`` options.
+            local: local estimate per candidate index.
+            holder: per source length, its cheapest holder ``(local, requests, index)``.
+            best_local: the cheapest local estimate.
+
+        Returns:
+            ``(target index, source length)``, or None to stay local.
+        """
+        gain = self.config.min_migrate_gain_s
+        for total, i, u in sorted(m for m in migs if m[0] < best_local - _TIE_S):
+            if total + gain < local[i] and total + gain < holder[u][0]:
+                return i, u
+        return None
+
+    def _sources(self, x: int, exec_by_hit: dict[int, float]) -> dict[int, tuple[float, int]]:
+        """For each distinct hit length ``v``, the cheapest migration source among the
+        ``max_migrate_sources`` longest distinct hits ``u > v``.
+
+        Args:
+            x: prompt tokens.
+            exec_by_hit: exec time per distinct (clamped) hit length among the candidates.
+
+        Returns:
+            ``{v: (transfer(u - v) + exec(x, u), u)}`` for each ``v`` below some source.
+        """
+        sources = [u for u in sorted(exec_by_hit, reverse=True)[:self.config.max_migrate_sources]
+                   if u > 0]
+        mig: dict[int, tuple[float, int]] = {}
+        for v in exec_by_hit:
+            best: tuple[float, int] | None = None
+            for u in sources:
+                if u <= v:
+                    break
+                cost = self.transfer_s(u - v) + exec_by_hit[u]
+                if best is None or cost < best[0]:
+                    best = (cost, u)
+            if best is not None:
+                mig[v] = best
+        return mig
+
+    def _estimate(self, x: int, target: Candidate, hit: int, source: Candidate | None = None,
+                  src_hit: int = 0) -> Estimate:
+        """The explained option of serving on ``target`` (after migrating ``src_hit`` tokens'
+        prefix from ``source`` when given); ``hit`` is the target's own clamped hit."""
+        ld, table = target.load, self.table
+        host = min(target.host_tokens, hit)
+        common = dict(wait_s=ld.queue_wait_s, swap_s=table.swap_time(table.pages_for(host), "in"),
+                      load_s=ld.requests * self.config.load_per_request_s)
+        if source is None:
+            return Estimate(target.instance_id, hit, host, exec_s=self.exec_s(x, hit), **common)
+        return Estimate(target.instance_id, src_hit, host, exec_s=self.exec_s(x, src_hit),
+                        transfer_s=self.transfer_s(src_hit - hit),
+                        migrate_from=source.instance_id, **common)
+
+    @staticmethod
+    def _fewest_requests(tied: list[Candidate]) -> list[Candidate]:
+        """Those of ``tied`` with the fewest ``load.requests``."""
+        fewest = min(c.load.requests for c in tied)
+        return [c for c in tied if c.load.requests == fewest]
+
+
+def _with_estimates(d: Decision, estimates: tuple[Estimate, ...]) -> Decision:
+    """``d`` carrying ``estimates``."""
+    return Decision(d.instance_id, d.policy, d.reason, d.migrate_from, d.migrate_tokens,
+                    d.migrate_cached_tokens, estimates)
