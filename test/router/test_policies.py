@@ -434,3 +434,60 @@ def test_memserve_load_term_outweighs_a_negligible_hit(table):
     cs = [cand("a", busy, hit=hit), cand("b", 0)]
     assert memserve(table).select(RouteRequest(x), cs).instance_id == "b"
     assert memserve(table, load_per_request_s=0.0).select(RouteRequest(x), cs).instance_id == "a"
+
+
+def brute_force_best(p: MemServePolicy, x: int, cs: list[Candidate]) -> tuple[float, bool]:
+    """The cheapest option by the module's rule, over every (target, source) pair, straight
+    from the table. Returns (its estimated total, whether it is a migration)."""
+    t, cfg = p.table, p.config
+
+    def pay(c):     # wait + swap + load
+        hit = min(c.hit_tokens, x)
+        swap = t.swap_time(t.pages_for(min(c.host_tokens, hit)), "in")
+        return c.load.queue_wait_s + swap + c.load.requests * cfg.load_per_request_s
+
+    local = {c.instance_id: pay(c) + t.exec_time(x, min(c.hit_tokens, x - 1)) for c in cs}
+    best_local = min(local.values())
+    best_mig = float("inf")
+    for c in cs:
+        for h in cs:
+            ch, hh = min(c.hit_tokens, x), min(h.hit_tokens, x)
+            if hh <= ch:
+                continue
+            total = (pay(c) + t.pages_for(hh - ch) * p.transfer_per_page_s
+                     + t.exec_time(x, min(hh, x - 1)))
+            if (total + cfg.min_migrate_gain_s < local[c.instance_id]
+                    and total + cfg.min_migrate_gain_s < local[h.instance_id]):
+                best_mig = min(best_mig, total)
+    if best_mig < best_local - 1e-9:
+        return best_mig, True
+    return best_local, False
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_memserve_matches_brute_force_on_random_clusters(table):
+    rng = random.Random(7)
+    t = load_table(table)
+    for trial in range(150):
+        x = rng.choice([64, 500, 2048, 4096, 9000])
+        cs = []
+        for k in range(rng.randrange(1, 9)):
+            hit = rng.choice([0, 0, 16, x // 4, x // 2, x - 3, x, x + 50])
+            cs.append(cand(f"i{k}", rng.randrange(5), hit=hit, host=rng.choice([0, hit // 2]),
+                           wait=rng.random() * t.exec_time(x, 0)))
+        cfg = dict(transfer_per_page_s=t.transfer_per_page_s * rng.choice([0.1, 1, 10, 100]),
+                   min_migrate_gain_s=rng.choice([0.0, 0.0, 0.01 * t.exec_time(x, 0)]))
+        p = memserve(table, **cfg)
+        want_total, want_mig = brute_force_best(p, x, cs)
+        d = p.select(RouteRequest(x), cs)
+        chosen = [e for e in d.estimates
+                  if e.instance_id == d.instance_id and e.migrate_from == d.migrate_from]
+        assert len(chosen) == 1, (trial, d)
+        assert chosen[0].total_s == pytest.approx(want_total, rel=1e-9), (trial, cs, cfg)
+        assert (d.migrate_from is not None) == want_mig, (trial, cs, cfg)
+        # The explain path's numbers equal the per-option estimator's.
+        for e in d.estimates:
+            c = next(c for c in cs if c.instance_id == e.instance_id)
+            src = next((h for h in cs if h.instance_id == e.migrate_from), None)
+            again = p._estimate(x, c, min(c.hit_tokens, x), src, e.hit_tokens if src else 0)
+            assert again.total_s == pytest.approx(e.total_s, rel=1e-12)

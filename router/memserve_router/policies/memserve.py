@@ -11,7 +11,8 @@ For each candidate ``c`` (prompt of ``x`` tokens, ``c`` caching ``y`` of them)::
 ``config.load_per_request_s`` per request on ``c``: small, so that equal estimates spread over
 idle instances. An exact whole-prompt hit still computes one token (``y <= x - 1``). A migration
 is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_gain_s`` and
-every local option. Ties: fewer requests, then rotation by instance id.
+every local option. Ties: fewer requests, then rotation by instance id. The sum is
+conservative: the transfer is not assumed to overlap the target's queue wait.
 
 Cost: one pass over the candidates plus, for each distinct hit length among them, a few exec
 lookups (cached) against the ``max_migrate_sources`` longest distinct hits.
