@@ -14,7 +14,9 @@ Modules (one per concern):
 * ``membership`` -- ``MemberInfo``, ``MemberRegistry``.
 * ``transfer`` -- ``TransferAgent`` over Mooncake's TransferEngine, ``plan_segments``.
 * ``rpc`` -- the small ZMQ control channel.
-* ``events`` -- KV events: ``EventPublisher`` and ``TreeMirror``.
+* ``events`` -- KV events (format v2, chained page hashes): ``EventPublisher``,
+  ``EventApplier``, ``TreeMirror``.
+* ``chainhash`` -- the chained page hash naming paths in events.
 * ``config`` -- ``MemPoolConfig``.
 """
 
@@ -33,7 +35,15 @@ from .errors import (
     UnknownPeer,
     UnknownTier,
 )
-from .events import EVENT_FORMAT_VERSION, EventPublisher, TreeMirror
+from .events import (
+    EVENT_FORMAT_VERSION,
+    EventApplier,
+    EventChainError,
+    EventFormatError,
+    EventPublisher,
+    NeedResync,
+    TreeMirror,
+)
 from .membership import MemberInfo, MemberRegistry, TierInfo
 from .pool import MemPool
 from .radix import RadixTree
@@ -53,7 +63,11 @@ __all__ = [
     "Engine",
     "EngineMemPool",
     "EngineOwned",
+    "EventApplier",
+    "EventChainError",
+    "EventFormatError",
     "EventPublisher",
+    "NeedResync",
     "InsertResult",
     "MatchResult",
     "MatchedNode",

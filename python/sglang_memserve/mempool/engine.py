@@ -27,7 +27,7 @@ from .config import MemPoolConfig
 from .errors import IntegrityError, MemPoolError
 from .events import EventPublisher
 from .pool import MemPool
-from .radix import Change, PageKey, RadixTree
+from .radix import PageKey, RadixTree
 from .results import InsertResult
 from .tier import Tier
 
@@ -67,7 +67,7 @@ class EngineMemPool(MemPool):
         self.engine = engine
         # NOTE: a report may name a node whose ancestors were never reported in whole pages
         # (set_loc then creates them location-less), so location-less nodes are allowed.
-        self.tree = RadixTree(config.page_size, allow_empty=True)
+        self.tree = RadixTree(config.page_size, allow_empty=True, hashed=events is not None)
 
     # ---- the engine's reports (engine thread) ---------------------------------------------
 
@@ -77,22 +77,24 @@ class EngineMemPool(MemPool):
         if start >= len(path):
             return
         with self._lock:
-            self.tree.set_loc(path, start, tier, ids)
+            change, _ = self.tree.set_loc(path, start, tier, ids)
             self._in_use[tier].difference_update(ids)
-            self._emit([Change("stored", tier, path, start, list(ids))])
+            self._emit([change])
 
     def dropped(self, path: list[PageKey], start: int, tier: str) -> None:
         """``path[start:]`` is no longer held in ``tier`` (the engine freed its pages)."""
         if start >= len(path):
             return
         with self._lock:
-            self.tree.drop_loc(path, start, tier)
-            self._emit([Change("removed", tier, path, start, [])])
+            change = self.tree.drop_loc(path, start, tier)
+            if change is not None:  # a path the index lacks changed nothing to tell
+                self._emit([change])
 
     def engine_cleared(self) -> None:
         """The engine dropped its whole tree."""
         with self._lock:
-            self.tree = RadixTree(self.config.page_size, allow_empty=True)
+            self.tree = RadixTree(self.config.page_size, allow_empty=True,
+                                  hashed=self.events is not None)
             if self.events is not None:
                 self.events.publish([{"type": "cleared"}])
 

@@ -28,7 +28,7 @@ from .errors import (
     TransferError,
     UnknownTier,
 )
-from .events import EventPublisher, change_to_event, tree_snapshot
+from .events import EventPublisher, tree_snapshot
 from .membership import MemberInfo, MemberRegistry, TierInfo
 from .radix import Change, Node, RadixTree
 from .results import InsertResult, MatchedNode, MatchResult, TransferResult
@@ -77,7 +77,8 @@ class MemPool:
         self.tiers = dict(tiers)
         self.transfer_agent = transfer
         self.events = events
-        self.tree = RadixTree(config.page_size)
+        # Hashed when publishing: events name runs by chain hash (computed once per new page).
+        self.tree = RadixTree(config.page_size, hashed=events is not None)
         self.registry = MemberRegistry()
         self._lock = threading.RLock()
         self._in_use: dict[str, set[int]] = {name: set() for name in tiers}
@@ -97,7 +98,7 @@ class MemPool:
 
     def _emit(self, changes: Sequence[Change]) -> None:
         if self.events is not None and changes:
-            self.events.publish(change_to_event(c) for c in changes)
+            self.events.publish_changes(changes)
 
     def _free_changes(self, changes: Sequence[Change]) -> int:
         n = 0
@@ -521,7 +522,8 @@ class MemPool:
     def snapshot(self) -> dict:
         """The whole index as ``stored`` events, with the seq of the last published message."""
         with self._lock:
-            return tree_snapshot(self.tree, self.events.seq if self.events is not None else 0)
+            ev = self.events
+            return tree_snapshot(self.tree, ev.seq if ev else 0, ev.epoch if ev else "")
 
     def _on_prepare(self, msg: dict) -> dict:
         with self._lock:

@@ -12,6 +12,10 @@ over its children; eviction never touches a node with ``lock_ref > 0``.
 
 Only :meth:`RadixTree.match` is read-only; everything else may split nodes (which preserves
 what a handle protects: the split-off prefix becomes the handle's new parent).
+
+A tree made with ``hashed=True`` (a pool that publishes KV events) keeps, per node, the chained
+hash (:mod:`.chainhash`) of each of its pages, computed once when the page enters the tree, so
+that every :class:`Change` names its run by hash without walking to the root to hash.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import itertools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .chainhash import SEED, chain
 from .errors import IntegrityError, PageLocked
 
 PageKey = tuple[int, ...]
@@ -30,7 +35,8 @@ Loc = Hashable
 class Node:
     """One run of pages. Treat as an opaque handle outside this module."""
 
-    __slots__ = ("parent", "children", "pages", "locs", "lock_ref", "last_access", "__weakref__")
+    __slots__ = ("parent", "children", "pages", "locs", "lock_ref", "last_access", "hashes",
+                 "memo", "__weakref__")
 
     def __init__(self, parent: Node | None, pages: list[PageKey]) -> None:
         self.parent = parent
@@ -39,6 +45,10 @@ class Node:
         self.locs: dict[Loc, list[int]] = {}
         self.lock_ref = 0
         self.last_access = 0
+        self.hashes: list[int] | None = None  # chain hash per page (hashed trees only)
+        # Derived data a user of the tree caches (the router's matcher): the tree resets it to
+        # None whenever the node's pages or locations change.
+        self.memo: object = None
 
     def __repr__(self) -> str:
         return f"Node(pages={len(self.pages)}, locs={list(self.locs)}, lock={self.lock_ref})"
@@ -51,6 +61,10 @@ class Change:
     ``path`` is the full page path from the root to the end of the changed run; the run is
     ``path[start:]``. ``kind`` is ``"stored"`` (``pages`` = ids now holding it in ``loc``) or
     ``"removed"`` (``pages`` = ids that held it and are no longer indexed).
+
+    A hashed tree also fills ``anchor`` (``path[:anchor]`` was in the tree before the change;
+    ``anchor <= start``, less only when a stored run created location-less ancestors),
+    ``parent_hash`` (chain hash of ``path[:anchor]``) and ``end_hash`` (of ``path``).
     """
 
     kind: str
@@ -58,6 +72,9 @@ class Change:
     path: list[PageKey]
     start: int
     pages: list[int]
+    anchor: int | None = None
+    parent_hash: int | None = None
+    end_hash: int | None = None
 
 
 @dataclass
@@ -78,14 +95,17 @@ class TreeMatch:
 class RadixTree:
     """See the module docstring."""
 
-    def __init__(self, page_size: int, *, allow_empty: bool = False) -> None:
+    def __init__(self, page_size: int, *, allow_empty: bool = False, hashed: bool = False) -> None:
         if page_size <= 0:
             raise ValueError(f"page_size must be positive, got {page_size}")
         self.page_size = page_size
         self.allow_empty = allow_empty
+        self.hashed = hashed
         self.root = Node(None, [])
         self.root.lock_ref = 1  # the root is never evicted
+        self.root.hashes = [] if hashed else None
         self._clock = itertools.count(1)
+        self._created_at = 0  # set by _cover
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -110,6 +130,27 @@ class RadixTree:
             node = node.parent
         return [p for part in reversed(parts) for p in part]
 
+    def end_hash(self, node: Node) -> int:
+        """Chain hash of the path ending at ``node`` (``SEED`` for the root). Hashed trees."""
+        return node.hashes[-1] if node.hashes else SEED
+
+    def _new_node(self, parent: Node, pages: list[PageKey]) -> Node:
+        n = Node(parent, pages)
+        if self.hashed:
+            n.hashes = chain(self.end_hash(parent), pages)
+        parent.children[pages[0]] = n
+        return n
+
+    def _change(self, kind: str, loc: Loc, node: Node, ids: list[int],
+                path: list[PageKey] | None = None) -> Change:
+        """The change of ``loc`` on exactly ``node``'s pages (``path``: its full path)."""
+        p = self.path_of(node) if path is None else path
+        start = len(p) - len(node.pages)
+        if not self.hashed:
+            return Change(kind, loc, p, start, ids)
+        return Change(kind, loc, p, start, ids, start, self.end_hash(node.parent),
+                      node.hashes[-1])
+
     def _split(self, node: Node, k: int) -> Node:
         """Split ``node`` after ``k`` pages; return the new upper node (``node`` keeps the rest,
         so handles to it keep protecting everything they protected)."""
@@ -119,9 +160,12 @@ class RadixTree:
         upper.locs = {loc: ids[:k] for loc, ids in node.locs.items()}
         upper.lock_ref = node.lock_ref
         upper.last_access = node.last_access
+        if node.hashes is not None:
+            upper.hashes, node.hashes = node.hashes[:k], node.hashes[k:]
         parent.children[upper.pages[0]] = upper
         node.pages = node.pages[k:]
         node.locs = {loc: ids[k:] for loc, ids in node.locs.items()}
+        node.memo = None
         node.parent = upper
         upper.children[node.pages[0]] = node
         return upper
@@ -132,7 +176,10 @@ class RadixTree:
         Missing pages become one new node (with no locations) if ``create``; otherwise
         ``None`` is returned when the path is not fully present. Splits happen only once the
         path is known to be present (or ``create``), so a miss changes nothing.
+        ``self._created_at`` is set to the index of the first page that was missing
+        (``len(path)`` if none).
         """
+        self._created_at = len(path)
         if not create and self.match_pages(path).num_pages < len(path):
             return None
         out: list[Node] = []
@@ -140,8 +187,8 @@ class RadixTree:
         while i < len(path):
             child = node.children.get(path[i])
             if child is None:
-                new = Node(node, list(path[i:]))
-                node.children[path[i]] = new
+                self._created_at = i
+                new = self._new_node(node, list(path[i:]))
                 if i < cut < len(path):
                     out.append(self._split(new, cut - i))
                 out.append(new)
@@ -236,43 +283,76 @@ class RadixTree:
                 dups.extend(range(i, i + k))
             else:
                 n.locs[loc] = list(page_ids[i : i + k])
-                changes.append(Change("stored", loc, list(path[: i + k]), i, n.locs[loc][:]))
+                n.memo = None
+                changes.append(self._change("stored", loc, n, n.locs[loc][:], list(path[: i + k])))
             n.last_access = t
             i += k
         self.touch(nodes[-1])
         return dups, changes, nodes[-1]
 
-    def set_loc(self, path: list[PageKey], start: int, loc: Loc, page_ids: Sequence[int]) -> None:
+    def set_loc(self, path: list[PageKey], start: int, loc: Loc, page_ids: Sequence[int]
+                ) -> tuple[Change, list[Node]]:
         """Mirror primitive: ``path[start:]`` is now held by ``page_ids`` in ``loc`` (creating
-        location-less nodes for a missing ``path[:start]`` when ``allow_empty``)."""
+        location-less nodes for a missing ``path[:start]`` when ``allow_empty``).
+
+        Returns:
+            ``(change, nodes)``: the ``stored`` change (hashes filled in a hashed tree) and the
+            nodes now covering ``path[start:]``.
+        """
+        if not 0 <= start < len(path) or len(page_ids) != len(path) - start:
+            raise ValueError(f"{len(page_ids)} page ids for pages [{start}:{len(path)}]")
         nodes = self._cover(path, create=True, cut=start)
-        i = 0
+        anchor = min(start, self._created_at)
+        run: list[Node] = []
+        i, parent_hash = 0, SEED
         for n in nodes:
             k = len(n.pages)
             if i >= start:
                 n.locs[loc] = list(page_ids[i - start : i - start + k])
+                n.memo = None
+                run.append(n)
             i += k
+            if self.hashed and i == anchor:
+                parent_hash = n.hashes[-1]
+        c = Change("stored", loc, path, start, list(page_ids))
+        if self.hashed:
+            c.anchor, c.parent_hash, c.end_hash = anchor, parent_hash, nodes[-1].hashes[-1]
+        return c, run
 
-    def drop_loc(self, path: list[PageKey], start: int, loc: Loc) -> None:
+    def drop_loc(self, path: list[PageKey], start: int, loc: Loc) -> Change | None:
         """Mirror primitive: ``path[start:]`` is no longer held in ``loc``; location-less
-        leaves are pruned. A path that is not present is ignored."""
+        leaves are pruned. A path that is not present is ignored.
+
+        Returns:
+            The ``removed`` change (no page ids; hashes filled in a hashed tree), or ``None``
+            when the path was not present (nothing changed).
+        """
         nodes = self._cover(path, create=False, cut=start)
-        if nodes is None:
-            return
+        if nodes is None or start >= len(path):
+            return None
+        c = Change("removed", loc, path, start, [])
         i = 0
         for n in nodes:
-            if i >= start:
-                n.locs.pop(loc, None)
+            if self.hashed and i == start:
+                c.anchor, c.parent_hash = start, self.end_hash(n.parent)
+            if i >= start and n.locs.pop(loc, None) is not None:
+                n.memo = None
             i += len(n.pages)
+        if self.hashed:
+            c.end_hash = nodes[-1].hashes[-1]
         for n in reversed(nodes):
-            self._prune(n)
+            self.prune(n)
+        return c
 
-    def _prune(self, n: Node) -> None:
+    def prune(self, n: Node) -> None:
+        """Detach ``n`` and then its ancestors while they are location-less leaves."""
         while n is not self.root and not n.locs and not n.children and _is_attached(n):
             parent = n.parent
             del parent.children[n.pages[0]]
             n.parent = None
             n = parent
+
+    _prune = prune
 
     def delete(self, path: list[PageKey]) -> list[Change]:
         """Remove the last page of ``path`` and everything indexed below it (all locations).
@@ -306,8 +386,9 @@ class RadixTree:
         for n in order:
             p = self.path_of(n)
             for loc, ids in n.locs.items():
-                changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+                changes.append(self._change("removed", loc, n, ids, p))
             n.locs = {}
+            n.memo = None
         del top.parent.children[top.pages[0]]
         top.parent = None
         return changes
@@ -337,9 +418,9 @@ class RadixTree:
             _, _, n = heapq.heappop(heap)
             if not _is_attached(n) or not self._evictable(n, loc):
                 continue
-            p = self.path_of(n)
             ids = n.locs.pop(loc)
-            changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+            n.memo = None
+            changes.append(self._change("removed", loc, n, ids))
             freed += len(ids)
             parent = n.parent
             if not n.locs:
@@ -369,10 +450,10 @@ class RadixTree:
             ids = n.locs.get(loc)
             if ids and any(i in mapping for i in ids):
                 p = self.path_of(n)
-                start = len(p) - len(n.pages)
-                changes.append(Change("removed", loc, p, start, ids[:]))
+                changes.append(self._change("removed", loc, n, ids[:], p))
                 n.locs[loc] = [mapping.get(i, i) for i in ids]
-                changes.append(Change("stored", loc, p, start, n.locs[loc][:]))
+                n.memo = None
+                changes.append(self._change("stored", loc, n, n.locs[loc][:], p))
         return changes
 
     def clear(self) -> list[Change]:
@@ -388,9 +469,8 @@ class RadixTree:
             raise PageLocked("clear() with locked pages")
         changes = []
         for n in self.nodes():
-            p = self.path_of(n)
             for loc, ids in n.locs.items():
-                changes.append(Change("removed", loc, p, len(p) - len(n.pages), ids))
+                changes.append(self._change("removed", loc, n, ids))
         self.root.children = {}
         return changes
 
@@ -432,6 +512,8 @@ class RadixTree:
                     raise IntegrityError(f"partial page in {c}")
                 if not c.locs and not self.allow_empty:
                     raise IntegrityError(f"location-less node {c}")
+                if self.hashed and c.hashes != chain(self.end_hash(n), c.pages):
+                    raise IntegrityError(f"stale chain hashes in {c}")
                 for loc, ids in c.locs.items():
                     if len(ids) != len(c.pages):
                         raise IntegrityError(f"{loc}: {len(ids)} ids for {len(c.pages)} pages")
