@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from sglang_memserve import compat
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
+from sglang_memserve.model.registry import MODELS
 
 # NOTE: runs again as ``__mp_main__`` in every process SGLang spawns, before the child unpickles
 # its target (which imports sglang.srt) -- so import-time CPU patches reach the scheduler too.
@@ -73,8 +74,9 @@ def memserve_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-sleep-on-idle", action="store_true",
                    help="CPU hosts: do not add SGLang's --sleep-on-idle (idle schedulers then "
                         "busy-poll a core)")
-    g.add_argument("--embedded-model", choices=("tiny", "bench"), default="tiny",
-                   help="embedded model served when --model-path is absent")
+    g.add_argument("--embedded-model", choices=sorted(MODELS), default="tiny",
+                   help="embedded model served when --model-path is absent (smollm2: a real "
+                        "instruct model; tiny, bench: random weights for tests and benchmarks)")
     return p
 
 
@@ -109,10 +111,13 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
     """
     ms, rest = memserve_parser().parse_known_args(list(argv))
     sg = list(rest)
+    # CPU dtype: the embedded model's own when it is served, else float32 (CPU_DEFAULTS).
+    cpu_dtype: dict[str, str | None] = {}
     if not _has(sg, "--model-path"):
         from sglang_memserve.model import ensure_model
 
         sg += ["--model-path", str(ensure_model(ms.embedded_model))]
+        cpu_dtype["--dtype"] = MODELS[ms.embedded_model].cpu_dtype
     host = _value(sg, "--host", "127.0.0.1")
     sg = _with_defaults(sg, {"--host": host})
     if not _has(sg, "--disaggregation-mode"):
@@ -133,7 +138,7 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
     sg = _with_defaults(sg, {"--enable-cache-report": None})
     env = {"HF_HUB_OFFLINE": "1"}
     if cpu:
-        defaults = {**CPU_DEFAULTS, **CPU_ROLE_DEFAULTS[ms.role]}
+        defaults = {**CPU_DEFAULTS, **cpu_dtype, **CPU_ROLE_DEFAULTS[ms.role]}
         if ms.no_sleep_on_idle:
             defaults.pop("--sleep-on-idle")
         sg = _with_defaults(sg, defaults)

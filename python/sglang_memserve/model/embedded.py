@@ -2,7 +2,7 @@
 and a random-weight Llama checkpoint, both saved in the Hugging Face layout SGLang loads.
 
 The same spec gives the same files on every machine (fixed seed, fixed corpus), so a cached copy is
-keyed by a hash of the spec and reused by later starts.
+keyed by a hash of the spec and reused by later starts (``registry.ensure_model``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,6 +46,16 @@ class ModelSpec:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True) + _corpus_digest()
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
+    @property
+    def cpu_dtype(self) -> str:
+        """Random weights are built and served in float32 (cached and uncached paths then
+        agree token for token)."""
+        return "float32"
+
+    def build(self, out: Path) -> None:
+        """Train the tokenizer and save it with the random-weight Llama into ``out``."""
+        _build(self, out)
+
 
 SPECS: dict[str, ModelSpec] = {
     # Tests: starts fast, 2 layers.
@@ -57,44 +64,6 @@ SPECS: dict[str, ModelSpec] = {
     "bench": ModelSpec("bench", 512, 8, 8, 4, 1408, max_positions=8192, vocab_target=2048,
                        init_std=0.05),
 }
-
-
-def cache_root() -> Path:
-    """Where built models live: ``$MEMSERVE_CACHE_DIR`` or ``~/.cache/sglang-memserve``."""
-    env = os.environ.get("MEMSERVE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sglang-memserve"
-
-
-def ensure_model(name: str = "tiny", root: Path | None = None) -> Path:
-    """Return the directory of embedded model ``name``, building it on first use.
-
-    Args:
-        name: a key of :data:`SPECS`.
-        root: cache directory (default :func:`cache_root`).
-    Returns:
-        A Hugging Face model directory (config, safetensors weights, tokenizer).
-    Raises:
-        KeyError: unknown model name.
-    """
-    if name not in SPECS:
-        raise KeyError(f"unknown embedded model {name!r}; choose one of {sorted(SPECS)}")
-    spec = SPECS[name]
-    target = (root or cache_root()) / "models" / spec.key
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent first starts never see a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}-", dir=target.parent))
-    try:
-        _build(spec, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def sample_texts() -> list[str]:
