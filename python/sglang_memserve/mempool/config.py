@@ -23,6 +23,8 @@ class MemPoolConfig:
         min_transfer_rate_bps: slowest rate a healthy transfer is assumed to reach; an incoming
             transfer's lease grows by its size at this rate.
         control_port / event_port: 0 picks a free port.
+        heartbeat_s: an idle publisher repeats its last seq this often (from the control
+            channel's thread), so that mirrors notice a lost last message.
     """
 
     page_size: int = 16
@@ -34,6 +36,7 @@ class MemPoolConfig:
     min_transfer_rate_bps: float = 50e6
     control_port: int = 0
     event_port: int = 0
+    heartbeat_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.page_size <= 0:

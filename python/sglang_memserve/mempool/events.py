@@ -6,7 +6,8 @@ payload an orjson object::
     {"v": 2, "instance": ID, "epoch": E, "seq": N, "ts": UNIX_SECONDS, "events": [EVENT, ...]}
 
 ``seq`` grows by one per message, per publisher, starting at 1; ``epoch`` names the publisher's
-life (a restarted instance has a new one). Paths are named by chained page hashes
+life (a restarted instance has a new one). A heartbeat ``{..., "seq": N, "hb": true, "events":
+[]}`` repeats the last seq when the publisher was idle (so a lost *last* message is noticed). Paths are named by chained page hashes
 (:mod:`.chainhash`; ``SEED`` is the root), so a message costs O(pages it changes), not O(depth).
 An EVENT is
 
@@ -169,6 +170,7 @@ class EventPublisher:
         self.seq = 0
         self.bytes_sent = 0
         self._topic = topic_of(instance_id)
+        self._last_send = time.monotonic()
 
     def publish(self, events: Iterable[dict]) -> int:
         """Send one message with ``events`` (skipped if empty).
@@ -183,9 +185,26 @@ class EventPublisher:
         raw = orjson.dumps({"v": EVENT_FORMAT_VERSION, "instance": self.instance_id,
                             "epoch": self.epoch, "seq": self.seq, "ts": time.time(),
                             "events": events})
-        self.bytes_sent += len(raw) + len(self._topic)
-        self._sock.send_multipart([self._topic, raw])
+        self._send(raw)
         return self.seq
+
+    def _send(self, raw: bytes) -> None:
+        self.bytes_sent += len(raw) + len(self._topic)
+        self._last_send = time.monotonic()
+        self._sock.send_multipart([self._topic, raw])
+
+    def heartbeat(self, idle_s: float = 1.0) -> bool:
+        """Repeat the current seq if nothing was sent for ``idle_s`` (and something ever was).
+
+        Returns:
+            Whether a heartbeat was sent.
+        """
+        if self.seq == 0 or time.monotonic() - self._last_send < idle_s:
+            return False
+        self._send(orjson.dumps({"v": EVENT_FORMAT_VERSION, "instance": self.instance_id,
+                                 "epoch": self.epoch, "seq": self.seq, "ts": time.time(),
+                                 "hb": True, "events": []}))
+        return True
 
     def publish_changes(self, changes: Iterable[Change]) -> int:
         """:meth:`publish` the wire form of tree changes."""
@@ -435,6 +454,10 @@ class EventApplier:
         if msg.get("epoch") != self.epoch:
             raise PublisherRestarted(f"{self.instance_id}: epoch {msg.get('epoch')} != "
                                      f"snapshot's {self.epoch}")
+        if msg.get("hb"):  # the publisher's current seq: a higher one means we lost some
+            if seq > self.last_seq:
+                raise SeqGap(f"{self.instance_id}: heartbeat at {seq}, mirror at {self.last_seq}")
+            return False
         if seq <= self.last_seq:
             return False
         if seq > self.last_seq + 1:

@@ -504,7 +504,7 @@ class MemPool:
                         "abort": self._on_abort,
                         "integrity": lambda m: {"counts": self.check_integrity()},
                     },
-                    on_idle=self.reap_expired,
+                    on_idle=self._on_idle,
                 )
             return self.member_info()
 
@@ -583,6 +583,12 @@ class MemPool:
                 self.tree.unlock(txn.handle)
             self._emit(changes)
             return {"indexed": len(txn.pages) - len(late_dups), "duplicates": len(late_dups)}
+
+    def _on_idle(self) -> None:
+        self.reap_expired()
+        if self.events is not None:
+            with self._lock:  # the publisher is not thread-safe
+                self.events.heartbeat(self.config.heartbeat_s)
 
     def reap_expired(self) -> int:
         """Abort incoming transfers whose source went silent past the lease.
