@@ -288,6 +288,19 @@ def test_v2_engine_pool_with_location_less_ancestors():
             assert len(a.index) == tree_pages(pool.tree)
     replay(a, pool)
     assert tree.flatten() == expected(pool)
+    pool.tree.check()
+    # The same run reported by parent hash instead of full path publishes the same event.
+    path = [(5,) * PS, (6,) * PS, (7,) * PS]
+    pool.placed(path[:2], 0, "device", [-1, -2])
+    pool.placed_after(chain(SEED, path[:2])[-1], path[2:], "device", [-3])
+    by_hash = pool.events.messages[-1]
+    pool.placed(path, 2, "device", [-3])
+    assert pool.events.messages[-1]["events"] == by_hash["events"]
+    pool.dropped_after(SEED, path, "host")  # not held in host: changes nothing in the mirror
+    replay(a, pool)
+    assert tree.flatten() == expected(pool)
+    with pytest.raises(KeyError):
+        pool.placed_after(12345, path, "device", [1, 2, 3])
 
 
 def test_hash_mismatch_and_unknown_parent_resync(pool):

@@ -90,6 +90,34 @@ class EngineMemPool(MemPool):
             if change is not None:  # a path the index lacks changed nothing to tell
                 self._emit([change])
 
+    def placed_after(self, parent_hash: int, pages: list[PageKey], tier: str,
+                     ids: Sequence[int], skip: int = 0) -> None:
+        """:meth:`placed` for an engine that names the run's parent by its chain hash
+        (:mod:`.chainhash`) instead of building the full path: ``pages[skip:]`` (after the
+        path hashing to ``parent_hash``) are now held in ``tier`` by ``ids``.
+
+        Raises:
+            KeyError: no page of the index hashes to ``parent_hash`` (or several do): call
+                :meth:`placed` with the full path instead.
+        """
+        with self._lock:
+            path = self._path_of_hash(parent_hash)
+            self.placed(path + list(pages), len(path) + skip, tier, ids)
+
+    def dropped_after(self, parent_hash: int, pages: list[PageKey], tier: str) -> None:
+        """:meth:`dropped` with the parent named by its chain hash (see :meth:`placed_after`)."""
+        with self._lock:
+            path = self._path_of_hash(parent_hash)
+            self.dropped(path + list(pages), len(path), tier)
+
+    def _path_of_hash(self, h: int) -> list[PageKey]:
+        if not self.tree.hashed:
+            raise KeyError("this pool's index is not hashed (it has no event publisher)")
+        where = self.tree.locate(h)
+        if where is None:
+            raise KeyError(f"no page of {self.instance_id!r}'s index hashes to {h:#x}")
+        return self.tree.path_to(*where)
+
     def engine_cleared(self) -> None:
         """The engine dropped its whole tree."""
         with self._lock:

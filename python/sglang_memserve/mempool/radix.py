@@ -15,7 +15,8 @@ what a handle protects: the split-off prefix becomes the handle's new parent).
 
 A tree made with ``hashed=True`` (a pool that publishes KV events) keeps, per node, the chained
 hash (:mod:`.chainhash`) of each of its pages, computed once when the page enters the tree, so
-that every :class:`Change` names its run by hash without walking to the root to hash.
+that every :class:`Change` names its run by hash without walking to the root to hash, and
+finds a page by its hash (:meth:`RadixTree.locate`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class RadixTree:
         self.root.hashes = [] if hashed else None
         self._clock = itertools.count(1)
         self._created_at = 0  # set by _cover
+        self._by_hash: dict[int, Node | None] = {}  # page hash -> node (None: ambiguous)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -138,8 +140,34 @@ class RadixTree:
         n = Node(parent, pages)
         if self.hashed:
             n.hashes = chain(self.end_hash(parent), pages)
+            by = self._by_hash
+            for h in n.hashes:
+                by[h] = None if h in by else n  # a collision: that hash names no page
         parent.children[pages[0]] = n
         return n
+
+    def _forget(self, n: Node) -> None:
+        """``n`` left the tree: its page hashes no longer name pages."""
+        if n.hashes:
+            by = self._by_hash
+            for h in n.hashes:
+                if by.get(h, n) is n:
+                    by.pop(h, None)
+
+    def locate(self, h: int) -> tuple[Node, int] | None:
+        """The page whose path hashes to ``h`` in a hashed tree: ``(node, index in it)``
+        (``(root, -1)`` for ``SEED``), or ``None`` if no page (or several) hash to it."""
+        if h == SEED:
+            return self.root, -1
+        n = self._by_hash.get(h)
+        if n is None:
+            return None
+        return n, n.hashes.index(h)
+
+    def path_to(self, node: Node, index: int) -> list[PageKey]:
+        """Full page path from the root to page ``index`` of ``node`` (``[]`` for the root)."""
+        p = self.path_of(node)
+        return p[: len(p) - len(node.pages) + index + 1]
 
     def _change(self, kind: str, loc: Loc, node: Node, ids: list[int],
                 path: list[PageKey] | None = None) -> Change:
@@ -162,6 +190,10 @@ class RadixTree:
         upper.last_access = node.last_access
         if node.hashes is not None:
             upper.hashes, node.hashes = node.hashes[:k], node.hashes[k:]
+            by = self._by_hash
+            for h in upper.hashes:
+                if by.get(h) is node:
+                    by[h] = upper
         parent.children[upper.pages[0]] = upper
         node.pages = node.pages[k:]
         node.locs = {loc: ids[k:] for loc, ids in node.locs.items()}
@@ -350,6 +382,7 @@ class RadixTree:
             parent = n.parent
             del parent.children[n.pages[0]]
             n.parent = None
+            self._forget(n)
             n = parent
 
     _prune = prune
@@ -389,6 +422,8 @@ class RadixTree:
                 changes.append(self._change("removed", loc, n, ids, p))
             n.locs = {}
             n.memo = None
+        for n in order:
+            self._forget(n)
         del top.parent.children[top.pages[0]]
         top.parent = None
         return changes
@@ -426,6 +461,7 @@ class RadixTree:
             if not n.locs:
                 del parent.children[n.pages[0]]
                 n.parent = None
+                self._forget(n)
             if parent is not self.root and self._evictable(parent, loc):
                 heapq.heappush(heap, (parent.last_access, id(parent), parent))
         return changes
@@ -472,6 +508,7 @@ class RadixTree:
             for loc, ids in n.locs.items():
                 changes.append(self._change("removed", loc, n, ids))
         self.root.children = {}
+        self._by_hash = {}
         return changes
 
     # ---- inspection ----------------------------------------------------------------------
@@ -498,6 +535,9 @@ class RadixTree:
 
     def check(self) -> None:
         """Raise :class:`IntegrityError` on any broken invariant (see the module docstring)."""
+        for h, n in self._by_hash.items():
+            if n is not None and not (_is_attached(n) and h in n.hashes):
+                raise IntegrityError(f"page hash {h:#x} indexes a page not in the tree")
         seen: dict[Loc, set[int]] = {}
         stack = [self.root]
         while stack:
@@ -514,6 +554,9 @@ class RadixTree:
                     raise IntegrityError(f"location-less node {c}")
                 if self.hashed and c.hashes != chain(self.end_hash(n), c.pages):
                     raise IntegrityError(f"stale chain hashes in {c}")
+                if self.hashed and any(self._by_hash.get(h, c) not in (c, None)
+                                       for h in c.hashes):
+                    raise IntegrityError(f"page hash index points elsewhere for {c}")
                 for loc, ids in c.locs.items():
                     if len(ids) != len(c.pages):
                         raise IntegrityError(f"{loc}: {len(ids)} ids for {len(c.pages)} pages")
