@@ -215,3 +215,33 @@ def test_predictions_confirmed_by_real_events():
         run_feed(body)
     finally:
         pool.close()
+
+
+def test_unreachable_instance_retries_and_can_be_removed():
+    pool = make_pool("ok")
+    gt = GlobalTree(PS)
+    dead = make_pool("dead")
+    dead_info = dead.member_info()
+    dead.close()  # its endpoints now answer nothing
+
+    async def body(feed: EventFeed) -> None:
+        info = pool.member_info()
+        feed.add("ok", gt, info.event_endpoint, info.control_endpoint)
+        feed.add("dead", gt, dead_info.event_endpoint, dead_info.control_endpoint)
+        await until(lambda: feed.is_synced("ok"))
+        await until(lambda: feed.stats()["dead"].errors >= 2, timeout_s=15)
+        assert not feed.is_synced("dead") and "snapshot failed" in feed.stats()["dead"].last_error
+        await asyncio.sleep(0.3)
+        churn(pool, random.Random(9), 30, [])
+        await until(caught_up(feed, pool))  # the healthy instance is not held up
+        assert exact(gt, pool)
+        feed.remove("dead")
+        assert feed.instances() == ["ok"]
+        churn(pool, random.Random(10), 30, [])
+        await until(caught_up(feed, pool))
+        assert exact(gt, pool)
+
+    try:
+        run_feed(body, snapshot_timeout_s=0.3, retry_s=0.1)
+    finally:
+        pool.close()
