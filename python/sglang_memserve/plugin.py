@@ -55,9 +55,18 @@ def _memserve_tick(_result: Any, scheduler: Any, *_args: Any, **_kwargs: Any) ->
         tick(scheduler)
 
 
+def _hold_for_returns(result: Any, queue: Any, *_args: Any, **_kwargs: Any) -> Any:
+    """AFTER hook on prefill's ``PrefillBootstrapQueue.pop_bootstrapped``: requests whose prompt
+    a decode KV return is about to cover wait for it (``PeerService.gate``)."""
+    peer = getattr(getattr(queue.scheduler, "tree_cache", None), "memserve_peer", None)
+    return result if peer is None else peer.gate(result)
+
+
 _HOOKS = {
     _INTERNAL_STATE: _add_memserve_state,
     "sglang.srt.managers.scheduler.Scheduler.ingest_requests": _memserve_tick,
+    "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.pop_bootstrapped":
+        _hold_for_returns,
 }
 
 

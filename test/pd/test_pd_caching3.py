@@ -71,6 +71,28 @@ def test_generated_kv_returns_to_prefill_and_next_turn_hits(pd_return: PdCluster
     assert memserve(pd_return.prefill)["pending_transfers"] == 0
 
 
+def test_next_turn_sent_at_once_hits_on_the_returned_answer(pd_return: PdCluster,
+                                                           reference: ServerProcess,
+                                                           tokenizer, settled) -> None:
+    """No pause between a reply and the next turn: that turn reaches prefill while the return is
+    in flight, and prefill holds it until the answer is indexed (``PeerService.gate``)."""
+    for topic in ("rainbows", "tides", "volcanoes"):
+        turn1 = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Tell me how {topic} form, step by step."}],
+            tokenize=True, add_generation_prompt=True, return_dict=False)
+        out1 = generate(pd_return.url, turn1)
+        follow = tokenizer(f"{tokenizer.eos_token}\n<|user|>\nWhy?{tokenizer.eos_token}\n"
+                           "<|assistant|>\n", add_special_tokens=False).input_ids
+        turn2 = turn1 + out1 + follow
+        before = memserve(pd_return.prefill)["counters"]["hit_tokens"]["device"]
+        out2 = generate(pd_return.url, turn2)  # at once: no wait for the return
+        hit = memserve(pd_return.prefill)["counters"]["hit_tokens"]["device"] - before
+        assert hit >= len(turn1) + len(out1) - 1, (topic, hit, len(turn1), len(out1))
+        assert out2 == generate(reference.url, turn2)
+    settled(pd_return.prefill.url)
+    settled(pd_return.decode.url)
+
+
 def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
         pd_return: PdCluster, reference: ServerProcess, settled) -> None:
     """Prefill dies while decode generates: the request still completes on decode, the KV return

@@ -24,27 +24,66 @@ from sglang_memserve.mempool import EngineMemPool
 TIER_OF_MEDIUM = {StorageMedium.GPU: "device", StorageMedium.CPU: "host"}
 
 
+# Attribute MemServe keeps on each SGLang tree node: (key, parent, tokens to the node's end,
+# whole-page path to it). Valid while the node's key and parent objects are the ones it was
+# built from: SGLang's split gives the child a new key and a new parent (its path to the end is
+# unchanged, but it is rebuilt from the new parent's entry, which is one level up).
+_PATH_ATTR = "_memserve_page_path"
+
+
+def _page_path_entry(node: Any, page_size: int) -> tuple[int, list[tuple[int, ...]]]:
+    """``(tokens from the root to the end of node, whole-page path over them)``, from the nodes'
+    cached entries: only the nodes without a valid entry have their tokens read."""
+    todo = []
+    n = node
+    while n is not None and n.parent is not None:
+        c = getattr(n, _PATH_ATTR, None)
+        if c is not None and c[0] is n.key and c[1] is n.parent:
+            break
+        todo.append(n)
+        n = n.parent
+    if n is None or n.parent is None:
+        count, pages = 0, []
+    else:
+        _, _, count, pages = getattr(n, _PATH_ATTR)
+    for m in reversed(todo):
+        if count % page_size:  # a partial page above (not in SGLang's paged tree): walk it all
+            tokens = _root_tokens(m)
+            count, pages = len(tokens), _pages(tokens, page_size)
+        else:
+            tokens = [int(t) for t in m.key.token_ids]
+            count, pages = count + len(tokens), pages + _pages(tokens, page_size)
+        setattr(m, _PATH_ATTR, (m.key, m.parent, count, pages))
+    return count, pages
+
+
+def _root_tokens(node: Any) -> list[int]:
+    chain = []
+    while node is not None and node.parent is not None:
+        chain.append(node)
+        node = node.parent
+    return [int(t) for m in reversed(chain) for t in m.key.token_ids]
+
+
+def _pages(tokens: list[int], page_size: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i:i + page_size])
+            for i in range(0, len(tokens) - page_size + 1, page_size)]
+
+
 def node_page_path(node: Any, page_size: int) -> tuple[list[tuple[int, ...]], int]:
     """The whole-page token path from the root to the end of ``node``, and where ``node`` starts.
+
+    Cached per node (the node's parent's entry plus its own pages): an event costs the pages the
+    node adds, not the path's length. May set an attribute on ``node`` and on ancestors that
+    lack a valid one.
 
     Returns:
         ``(path, start)``: ``path[start:]`` are the pages that ``node`` itself covers (a trailing
         partial page is dropped).
     """
-    chain = []
-    n = node
-    while n is not None and n.parent is not None:
-        chain.append(n)
-        n = n.parent
-    tokens: list[int] = []
-    node_start = 0
-    for i, m in enumerate(reversed(chain)):
-        if i == len(chain) - 1:
-            node_start = len(tokens)
-        tokens.extend(int(t) for t in m.key.token_ids)
-    full = len(tokens) // page_size
-    path = [tuple(tokens[i * page_size:(i + 1) * page_size]) for i in range(full)]
-    return path, node_start // page_size
+    count, pages = _page_path_entry(node, page_size)
+    start = count - (len(node.key) if node.parent is not None else 0)
+    return pages, start // page_size
 
 
 class IndexRecorder(KVCacheEventRecorder):

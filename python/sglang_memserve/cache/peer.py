@@ -16,6 +16,19 @@ Both are one operation, *push a cached prefix to a peer and index it there*: Mem
    and unlocks. On any failure the source sends ``kv_abort`` (or the lease expires) and the
    destination gives its pages back with ``free_mem``: nothing is half-indexed. The source
    unlocks its path on its scheduler thread.
+
+The decode -> prefill return races the conversation's next turn, which reaches prefill moments
+after the answer's last token. Two things keep it off that turn's critical path:
+
+* returns are *batched*: the worker takes every return waiting for it, prepares them with one
+  ``kv_prepare_batch`` (one visit of the destination's scheduler for all), writes them in one
+  Mooncake batch and commits them with one ``kv_commit``;
+* that commit is *queued* (``"wait": false``): the destination answers at once and inserts at
+  its scheduler's next iteration, so a batch costs the destination's scheduler one visit that
+  anyone waits for instead of two, and the next batch's prepare shares the commit's visit;
+* the destination *holds* a bootstrapped request whose prompt extends a prepared, uncommitted
+  return (:meth:`PeerService.gate`, on prefill's bootstrap queue) until that return is indexed
+  (at most ``hold_s``), so the turn hits on the answer instead of recomputing it.
 """
 
 from __future__ import annotations
@@ -51,14 +64,33 @@ class _Txn:
     deadline: float
 
 
+# Longest a destination holds a request for a prepared return (see the module docstring): about
+# one busy prefill iteration plus the write on the CPU host; past it, recomputing is cheaper.
+RETURN_HOLD_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Return:
+    """A decode -> prefill return waiting for the worker (the source path is locked)."""
+
+    tokens: list[int]
+    src_pages: list[int]
+    dst: str
+    lock: Any
+
+
 @dataclass
 class PeerStats:
     pushes: int = 0
+    push_batches: int = 0
     push_failures: int = 0
     pages_sent: int = 0
     bytes_sent: int = 0
     pages_received: int = 0
     pages_skipped: int = 0
+    held_requests: int = 0
+    held_s: float = 0.0
+    hold_timeouts: int = 0
     last_error: str | None = None
     recent: list[dict] = field(default_factory=list)
 
@@ -80,18 +112,20 @@ class PeerService:
     """
 
     def __init__(self, cache: Any, pool: EngineMemPool, bridge: SchedulerBridge, transport: Any,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, hold_s: float = RETURN_HOLD_S) -> None:
         self.cache = cache
         self.pool = pool
         self.bridge = bridge
         self.transport = transport
         self.timeout_s = timeout_s
+        self.hold_s = hold_s
+        self._held: list[tuple[Any, str, float, float]] = []  # (req, txn, since, deadline)
         device = pool.tiers["device"]
         self.layout = device.store.layout
         self.regions = [(r.addr, r.nbytes) for r in device.store.regions()]
         self.stats = PeerStats()
         self._txns: dict[str, _Txn] = {}
-        self._work: list[Callable[[], None]] = []
+        self._work: list[Callable[[], None] | _Return] = []
         self._cv = threading.Condition()
         self._worker = threading.Thread(target=self._run, name="memserve-peer", daemon=True)
         self._worker.start()
@@ -99,15 +133,36 @@ class PeerService:
     # ---- control-channel handlers (RPC thread) -------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
-        return {"kv_prepare": self._on_prepare, "kv_commit": self._on_commit,
-                "kv_abort": self._on_abort, "kv_push": self._on_push}
+        return {"kv_prepare": self._on_prepare, "kv_prepare_batch": self._on_prepare_batch,
+                "kv_commit": self._on_commit, "kv_abort": self._on_abort,
+                "kv_push": self._on_push}
 
     def _on_prepare(self, msg: dict) -> dict:
         return self.bridge.call(lambda: self._prepare(msg["txn"], list(msg["tokens"])),
                                 self.timeout_s)
 
+    def _on_prepare_batch(self, msg: dict) -> dict:
+        """``{"items": [{"txn", "tokens"}]}`` -> ``{"items": [prepare reply or {"error"}]}``,
+        all in one visit of the scheduler thread."""
+        def run() -> dict:
+            out = []
+            for item in msg["items"]:
+                try:
+                    out.append(self._prepare(item["txn"], list(item["tokens"])))
+                except MemPoolError as exc:
+                    out.append({"error": f"{type(exc).__name__}: {exc}"})
+            return {"items": out}
+
+        return self.bridge.call(run, self.timeout_s)
+
     def _on_commit(self, msg: dict) -> dict:
-        return self.bridge.call(lambda: self._commit(msg["txn"]), self.timeout_s)
+        """``{"txn"}`` (the caller waits for the insert) or ``{"txns": [...], "wait": false}``
+        (queued for the scheduler's next iteration; answered at once)."""
+        if msg.get("wait", True):
+            return self.bridge.call(lambda: self._commit(msg["txn"]), self.timeout_s)
+        txns = list(msg.get("txns") or [msg["txn"]])
+        self.bridge.post(lambda: [self._commit_queued(t) for t in txns])
+        return {"queued": len(txns)}
 
     def _on_abort(self, msg: dict) -> dict:
         return self.bridge.call(lambda: {"aborted": self._abort(msg["txn"])}, self.timeout_s)
@@ -175,6 +230,58 @@ class PeerService:
         self.stats.pages_skipped += txn.skip // self.cache.page_size
         return {"indexed": len(txn.tokens)}
 
+    def _commit_queued(self, txn_id: str) -> None:
+        """A commit nobody waits for: a failure is logged and counted (the lease has freed the
+        pages already)."""
+        try:
+            self._commit(txn_id)
+        except MemPoolError as exc:
+            self._failed(f"queued commit: {exc}")
+
+    def gate(self, popped: list[Any]) -> list[Any]:
+        """Filter the requests prefill's bootstrap queue just released (scheduler thread).
+
+        Args:
+            popped: the bootstrapped requests, about to enter the waiting queue.
+
+        Returns:
+            The requests to enqueue now: earlier held ones whose return was indexed (or gave up
+            waiting), then those of ``popped`` not waiting for one. A request whose prompt
+            extends a prepared, uncommitted return is kept back (changes ``self._held``).
+        """
+        if not self._held and not self._txns:
+            return popped
+        now = time.monotonic()
+        out, still = [], []
+        for req, txn, since, deadline in self._held:
+            if txn in self._txns and now < deadline:
+                still.append((req, txn, since, deadline))
+                continue
+            self.stats.hold_timeouts += txn in self._txns
+            self.stats.held_s += now - since
+            out.append(req)
+        for req in popped:
+            txn = self._waits_for(req)
+            if txn is None:
+                out.append(req)
+            else:
+                self.stats.held_requests += 1
+                still.append((req, txn, now, now + self.hold_s))
+        self._held = still
+        return out
+
+    def _waits_for(self, req: Any) -> str | None:
+        """The prepared return that covers more of ``req``'s prompt than the tree has yet."""
+        ids = req.origin_input_ids
+        for txn_id, txn in self._txns.items():
+            m = min(len(ids), txn.skip + self.cache.page_size)
+            if m > txn.skip and len(txn.tokens) >= m and list(ids[:m]) == txn.tokens[:m]:
+                return txn_id
+        return None
+
+    def held(self) -> int:
+        return len(self._held)
+
     def _abort(self, txn_id: str) -> bool:
         txn = self._txns.pop(txn_id, None)
         if txn is None:
@@ -210,13 +317,13 @@ class PeerService:
         src_pages = (indices[::ps] // ps).tolist()
 
         def job() -> None:
+            # The caller (migration) waits until the destination has indexed the prefix.
             outcome = self._send(tokens, src_pages, dst)
             self.bridge.post(lambda: self.cache.unlock(lock))
-            if done:
-                done(outcome)
+            done(outcome)
 
         with self._cv:
-            self._work.append(job)
+            self._work.append(job if done else _Return(tokens, src_pages, dst, lock))
             self._cv.notify()
 
     def _send(self, tokens: list[int], src_pages: list[int], dst: str) -> dict:
@@ -249,6 +356,61 @@ class PeerService:
         self.stats.recent.append({"tokens": len(tokens), **outcome})
         return outcome
 
+    def _return_batch(self, dst: str, items: list[_Return]) -> None:
+        """Prepare, write and commit (queued) every return in ``items`` to ``dst``; unlock their
+        source paths (worker thread). Failures are counted per return."""
+        try:
+            self._send_batch(dst, items)
+        finally:
+            locks = [it.lock for it in items]
+            self.bridge.post(lambda: [self.cache.unlock(lock) for lock in locks])
+
+    def _send_batch(self, dst: str, items: list[_Return]) -> None:
+        t0 = time.perf_counter()
+        txns = [uuid.uuid4().hex for _ in items]
+        try:
+            rep = rpc_call(dst, {"op": "kv_prepare_batch", "items": [
+                {"txn": t, "tokens": it.tokens} for t, it in zip(txns, items, strict=True)]},
+                timeout_s=self.timeout_s)["items"]
+        except MemPoolError as exc:
+            rep = [{"error": f"prepare: {exc}"}] * len(items)
+        ready = []
+        writes: list[tuple[int, int, int]] = []
+        try:
+            for it, txn, prep in zip(items, txns, rep, strict=True):
+                if "error" in prep:
+                    self._failed(str(prep["error"]))
+                    continue
+                ready.append((it, txn, prep))
+                skip_pages = int(prep["skip"]) // self.cache.page_size
+                writes += plan_segments(self.layout, it.src_pages[skip_pages:],
+                                        PageLayout.from_json(prep["layout"]), prep["pages"])
+            if ready:
+                self.transport.bind(self.regions)
+                nbytes = self.transport.write(ready[0][2]["segment"], writes) if writes else 0
+                rpc_call(dst, {"op": "kv_commit", "txns": [t for _, t, _ in ready],
+                               "wait": False}, timeout_s=self.timeout_s)
+                self._count(ready, nbytes, time.perf_counter() - t0)
+        except MemPoolError as exc:
+            for _, txn, _ in ready:
+                try:
+                    rpc_call(dst, {"op": "kv_abort", "txn": txn}, timeout_s=self.timeout_s)
+                except MemPoolError:
+                    pass  # the destination's lease frees the pages
+                self._failed(str(exc))
+
+    def _count(self, ready: list[tuple[_Return, str, dict]], nbytes: int, seconds: float) -> None:
+        self.stats.push_batches += 1
+        for it, _, prep in ready:
+            sent = len(prep["pages"])
+            self.stats.pushes += 1
+            self.stats.pages_sent += sent
+            self.stats.recent.append({"tokens": len(it.tokens), "sent_pages": sent,
+                                      "skip": int(prep["skip"]), "batch": len(ready),
+                                      "seconds": seconds})
+        self.stats.bytes_sent += nbytes
+        del self.stats.recent[:-64]
+
     def _failed(self, why: str) -> dict:
         self.stats.push_failures += 1
         self.stats.last_error = why
@@ -260,8 +422,15 @@ class PeerService:
             with self._cv:
                 while not self._work:
                     self._cv.wait()
-                job = self._work.pop(0)
-            try:
-                job()
-            except Exception:  # keep the worker alive; the job reported its own failure
-                logger.exception("MemServe peer job failed")
+                work, self._work = self._work, []
+            returns: dict[str, list[_Return]] = {}
+            for job in work:
+                if isinstance(job, _Return):
+                    returns.setdefault(job.dst, []).append(job)
+            jobs: list[Callable[[], None]] = [j for j in work if not isinstance(j, _Return)]
+            jobs += [lambda d=d, b=b: self._return_batch(d, b) for d, b in returns.items()]
+            for job in jobs:
+                try:
+                    job()
+                except Exception:  # keep the worker alive; the job reported its own failure
+                    logger.exception("MemServe peer job failed")
