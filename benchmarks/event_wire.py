@@ -6,7 +6,8 @@ indexed in a MemPool (what SGLang reports after prefill), and every resulting ch
 as v1 (the whole page path from the root in every ``stored`` event) and as v2 (parent hash + new
 pages only). Apply: a stream of v2 messages (many interleaved conversations, with evictions)
 decoded and applied by an ``EventApplier`` into a ``GlobalTree`` (hash verification included;
-ZMQ excluded).
+ZMQ excluded), then the same stream through a real ``EventFeed`` (ZMQ PUB -> SUB on loopback,
+sent from a thread).
 
     .venv/bin/python benchmarks/event_wire.py [--conversations 64]
 """
@@ -14,11 +15,15 @@ ZMQ excluded).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+import threading
 import time
 
 import orjson
+import zmq
 
+from memserve_router.feed import EventFeed
 from memserve_router.trees import GlobalTree
 from sglang_memserve.mempool import (
     EVENT_FORMAT_VERSION,
@@ -30,6 +35,7 @@ from sglang_memserve.mempool import (
 )
 from sglang_memserve.mempool.events import change_to_event
 from sglang_memserve.mempool.radix import Change
+from sglang_memserve.mempool.rpc import RpcServer
 
 TOPIC = b"kv.instance-0"
 
@@ -113,7 +119,47 @@ def apply_rate(conversations: int, rng: random.Random) -> tuple[int, int, float]
         a.apply_message(msg)
     dt = time.perf_counter() - t
     assert gt.snapshot_of("instance-0") == pool.tree.flatten()
-    return len(msgs), a.pages_applied, a.pages_applied / dt
+    return len(msgs), a.pages_applied, a.pages_applied / dt, feed_rate(msgs, pool)
+
+
+def feed_rate(msgs: list[bytes], pool: MemPool) -> float:
+    """Pages/s through a real EventFeed: from the first message sent to the last applied."""
+    empty = {"v": EVENT_FORMAT_VERSION, "epoch": "0123456789abcdef", "seq": 0, "nodes": []}
+    rpc = RpcServer("instance-0", "127.0.0.1", 0, {"snapshot": lambda m: empty})
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    gt = GlobalTree(16)
+
+    async def main() -> float:
+        feed = EventFeed(rcvhwm=0)
+        feed.add("instance-0", gt, f"tcp://127.0.0.1:{port}", rpc.endpoint)
+        task = asyncio.create_task(feed.run())
+        while not feed.is_synced("instance-0"):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # the subscription reaches the publisher
+        t = time.perf_counter()
+        sender = threading.Thread(target=lambda: [pub.send_multipart([TOPIC, m]) for m in msgs])
+        sender.start()
+        while feed.last_seq("instance-0") != len(msgs):
+            await asyncio.sleep(0.001)
+        dt = time.perf_counter() - t
+        sender.join()
+        st = feed.stats()["instance-0"]
+        assert st.resyncs == 1 and st.gaps == 0, st
+        feed.close()
+        await task
+        return st.pages / dt
+
+    try:
+        rate = asyncio.run(main())
+        assert gt.snapshot_of("instance-0") == pool.tree.flatten()
+        return rate
+    finally:
+        pub.close(0)
+        ctx.term()
+        rpc.close()
 
 
 def main() -> None:
@@ -126,9 +172,10 @@ def main() -> None:
     for ps in (16, 1):
         pages, v1, v2 = wire(ps, rng)
         print(f"{ps:>9} {pages:>6} {v1:>10.1f} {v2:>10.1f} {v1 / v2:>6.1f}")
-    n, pages, rate = apply_rate(args.conversations, rng)
-    print(f"\napply (decode + verify + GlobalTree), page size 16: {n} messages, {pages} pages "
-          f"(stored + removed): {rate:,.0f} pages/s")
+    n, pages, rate, fed = apply_rate(args.conversations, rng)
+    print(f"\napply, page size 16: {n} messages, {pages} pages (stored + removed)")
+    print(f"  decode + verify + GlobalTree: {rate:,.0f} pages/s")
+    print(f"  through an EventFeed (ZMQ loopback, sender thread in-process): {fed:,.0f} pages/s")
 
 
 if __name__ == "__main__":
