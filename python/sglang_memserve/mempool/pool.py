@@ -586,9 +586,19 @@ class MemPool:
 
     def _on_idle(self) -> None:
         self.reap_expired()
-        if self.events is not None:
-            with self._lock:  # the publisher is not thread-safe
-                self.events.heartbeat(self.config.heartbeat_s)
+        self.heartbeat()
+
+    def heartbeat(self) -> bool:
+        """Publish a heartbeat (the current seq) if no event went out for ``heartbeat_s``, so
+        that mirrors notice a lost last message. Safe from any thread (takes the pool's lock).
+
+        Returns:
+            Whether one was sent.
+        """
+        if self.events is None:
+            return False
+        with self._lock:  # the publisher is not thread-safe
+            return self.events.heartbeat(self.config.heartbeat_s)
 
     def reap_expired(self) -> int:
         """Abort incoming transfers whose source went silent past the lease.
