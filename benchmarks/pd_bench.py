@@ -4,7 +4,7 @@ Configurations (each started fresh, one after another, same conversations and ar
 
 * ``colo-nocache``  one colocated instance, no prefix cache (``--memserve-cache off``)
 * ``colo-cache``    one colocated instance with MemServe's tree cache
-* ``pd-basic``      1P1D behind sglang-router, no prefix cache anywhere (PD-Basic)
+* ``pd-basic``      1P1D behind memserve-router, no prefix cache anywhere (PD-Basic)
 * ``pd-cache``      1P1D, prefill's cache + decode's cache, delta-only transfers (PD-Caching-1+2)
 * ``pd-caching1``   1P1D, prefill's cache only (optional)
 * ``pd-caching3``   1P1D, PD-Caching-1+2 plus decode's KV return to prefill (MemServe)
@@ -117,7 +117,10 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
         pin = PdOptions().cpus
     caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
                                                     "decode_cache": setup.cache}
-    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin, **caches)
+    # MemServe's configurations run behind memserve-router, stock SGLang's behind sglang-router.
+    router = "sglang" if setup.cache == "stock" else "memserve"
+    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin,
+                     router=router, **caches)
     with PdCluster(opts, log_dir / setup.name) as pd:
         facts["startup_s"] = time.perf_counter() - t0
         facts["cpus"] = pin
@@ -206,8 +209,9 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
         "",
         "| config | JCT avg (s) | JCT p50 | JCT p99 | TTFT avg (s) | TTFT p50 | TTFT p99 | "
         "hit rate | output tok | computed prompt tok | computed on prefill | KV sent (MB) | "
-        "KV MB / req | failed | JCT avg / colo | JCT avg per round | TTFT avg per round |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "KV MB / req | failed | JCT avg / colo | JCT avg per round | TTFT avg per round | "
+        "CPU s (prefill + decode, or colocated) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
         kvs = [r["facts"].get("kv_transfer_mb") for r in runs]
@@ -226,8 +230,23 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             f"{'-' if kv is None else _fmt(kv / max(1.0, ok), 2)} | "
             f"{sum(r['summary']['failed'] for r in runs)} | {ratio} | "
             + " / ".join(f"{r['summary']['jct_avg']:.2f}" for r in runs) + " | "
-            + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " |")
+            + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " | "
+            + _cpu_cell(runs) + " |")
     return "\n".join(lines + _target_ratios(results)) + "\n"
+
+
+def _cpu_cell(runs: list[dict[str, Any]]) -> str:
+    per = [r["facts"].get("cpu_s") for r in runs]
+    if any(not c for c in per):
+        return "-"
+    parts = zip(*per, strict=True)
+    return " + ".join(f"{statistics.fmean(p):.1f}" for p in parts)
+
+
+def _cpu(run: dict[str, Any], which: int | None) -> float:
+    """CPU seconds of one instance (0 prefill, 1 decode) or all (None) in one round."""
+    c = run["facts"].get("cpu_s") or [float("nan")]
+    return sum(c) if which is None else c[min(which, len(c) - 1)]
 
 
 # Figures compared against each reference: (label, per-round value).
@@ -237,6 +256,8 @@ RATIO_FIGURES: tuple[tuple[str, Any], ...] = (
     ("TTFT avg", lambda r: r["summary"]["ttft_avg"]),
     ("TTFT p99", lambda r: r["summary"]["ttft_p99"]),
     ("prefill tokens computed", _prefill_tokens),
+    ("prefill CPU s", lambda r: _cpu(r, 0)),
+    ("decode CPU s", lambda r: _cpu(r, 1)),
 )
 
 
@@ -273,12 +294,18 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
     print(f"[pd_bench] round {rnd} {setup.name}: starting", flush=True)
     with serving(setup, model_args, out / "logs" / f"round{rnd}", args.cpus,
                  colo_env) as (url, facts):
-        profile = (profiling.recording(args.profile, tag, facts.pop("pids"))
+        pids = facts.pop("pids")
+        profile = (profiling.recording(args.profile, tag, pids)
                    if args.profile else nullcontext())
+        cpu0 = [profiling.tree_cpu_s(pid) for pid in pids]
         t0 = time.perf_counter()
         with profile:
             records = replay(url, convs, tok, cfg)
         facts["wall_s"] = time.perf_counter() - t0
+        # CPU seconds each instance's process tree used during the replay: the work it did,
+        # much less sensitive to other jobs on the machine than latencies are.
+        facts["cpu_s"] = [profiling.tree_cpu_s(pid) - c for pid, c in zip(pids, cpu0,
+                                                                           strict=True)]
     summary = summarize(records)
     later = [r.jct for r in records if r.turn > 0 and r.error is None]
     summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")

@@ -4,6 +4,10 @@
 while the replay runs and writes, per process, the collapsed stacks and a short summary: where
 the scheduler thread's time went (self time per function, and inclusive time of MemServe's and
 SGLang's cache, transfer and polling code). py-spy is not a dependency: ``pip install py-spy``.
+
+``python benchmarks/profiling.py DIR --requests N`` turns every recording in DIR into a
+breakdown: milliseconds of busy thread time per request in each category of :data:`CATEGORIES`
+(a 100 Hz sample is 10 ms of one thread; threads of one process share its core).
 """
 
 from __future__ import annotations
@@ -23,6 +27,49 @@ import psutil
 WATCH = ("sglang_memserve", "tree_core", "radix_cache", "record_", "kv_events", "mooncake",
          "process_input_requests", "recv_requests", "run_batch", "get_next_batch_to_run",
          "process_batch_result", "on_idle", "poll", "stream_output", "disaggregation")
+
+
+# (category, frame substrings): a stack counts in the first category one of its frames matches.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("MemServe KV return (source worker: prepare RPC, Mooncake write, commit)",
+     ("PeerService._run", "PeerService._send", "_sglang_writer")),
+    ("MemServe control channel + scheduler bridge",
+     ("RpcServer.", "SchedulerBridge.", "memserve_tick", "_hold_for_returns")),
+    ("MemServe index recorder + KV events",
+     ("IndexRecorder.", "node_page_path", "EngineMemPool.", "EventPublisher.")),
+    ("SGLang tree ops (match, insert, evict, lock)",
+     ("TreeCore", "RadixCache.", "tree_core", "radix_cache.py")),
+    ("forward pass (run_batch)", ("Scheduler.run_batch",)),
+    ("SGLang KV transfer (Mooncake, bootstrap)", ("MooncakeKV", "mooncake", "disaggregation/")),
+    ("result processing + output streaming", ("process_batch_result", "stream_output")),
+    ("idle loop / polling", ("on_idle", "Poller.poll")),
+)
+
+
+def breakdown(raw: Path) -> dict[str, int]:
+    """Samples per category (and ``other``) of a py-spy ``raw`` file."""
+    out: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        name = next((c for c, subs in CATEGORIES if any(s in stack for s in subs)), "other")
+        out[name] += int(count)
+    return dict(out)
+
+
+def breakdown_table(out_dir: Path, requests: int) -> str:
+    """Markdown: ms of busy thread time per request, per category, one column per recording."""
+    raws = sorted(p for p in out_dir.glob("*.txt") if not p.name.endswith(".summary.txt"))
+    cols = [breakdown(r) for r in raws]
+    names = [c for c, _ in CATEGORIES] + ["other"]
+    lines = ["| category | " + " | ".join(r.stem for r in raws) + " |",
+             "|---|" + "---|" * len(raws)]
+    for name in names + ["total"]:
+        cells = [(sum(c.values()) if name == "total" else c.get(name, 0)) * 10.0 / requests
+                 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def schedulers(root_pids: list[int]) -> dict[int, str]:
@@ -68,6 +115,22 @@ def recording(out_dir: Path, label: str, root_pids: list[int]) -> Iterator[None]
                 raw.with_suffix(".summary.txt").write_text(head + summarize(raw))
 
 
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every process below it (0 for gone ones)."""
+    total = 0.0
+    try:
+        procs = [psutil.Process(root)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            total += _cpu_s(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def _cpu_s(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
@@ -94,3 +157,14 @@ def summarize(raw: Path, top: int = 15) -> str:
     lines += [f"  {v / total:6.1%} {k}" for k, v in incl.most_common()
               if any(w in k for w in WATCH) and v / total >= 0.005] if total else []
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--requests", type=int, required=True, help="requests per replay")
+    a = ap.parse_args()
+    print(breakdown_table(a.dir, a.requests))
