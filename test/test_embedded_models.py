@@ -95,6 +95,11 @@ def test_smollm2_folder_is_a_plain_llama_with_its_chat_template(smollm2_model: P
     meta = json.loads((smollm2_model / "memserve_model.json").read_text())
     assert smollm2_model.name == SMOLLM2.key  # keyed by the installed GGUF file's sha256
     assert meta["gguf_sha256"][:12] in smollm2_model.name
+    # The folder carries its CPU dtype: --model-path on it serves like --embedded-model smollm2.
+    _, argv, _ = build(["--model-path", str(smollm2_model)], cpu=True)
+    assert flag_value(argv, "--dtype") == SMOLLM2.cpu_dtype == "bfloat16"
+    _, argv, _ = build(["--model-path", str(smollm2_model), "--dtype", "float32"], cpu=True)
+    assert flag_value(argv, "--dtype") == "float32" and argv.count("--dtype") == 1
     tok = AutoTokenizer.from_pretrained(str(smollm2_model))
     text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
                                    add_generation_prompt=True)

@@ -1,64 +1,164 @@
-"""The main job on the embedded default: start one MemServe instance and replay a few chats.
+"""The main job: start one MemServe instance on an embedded model and replay a few chats.
 
-``python -m sglang_memserve.demo`` starts a colocated instance on the embedded model, sends a
-handful of multi-turn conversations (ShareGPT from ``../shared/data`` when present, else the
-shipped sample) through the OpenAI-compatible chat API, each turn carrying the previous answer,
-and prints each answer with its latency and how much of its prompt was served from the cache.
+``python -m sglang_memserve.demo`` (``make demo``) starts a colocated instance on SmolLM2-135M-
+Instruct (``--model smollm2``, a real instruct model built from its PyPI wheel; ``tiny`` and
+``bench`` are random-weight models that answer noise), sends a handful of multi-turn
+conversations (ShareGPT from ``../shared/data`` when present, else the shipped sample) through the
+OpenAI-compatible chat API, each turn carrying the previous answers, and prints each answer with
+its time to first token (streamed) and how much of its prompt was served from the cache.
+
+:func:`replay_chats` does the replay against any base URL (one instance, or a router in front of
+several), so other entry points can reuse it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from sglang_memserve.cluster import ServerProcess
-from sglang_memserve.workloads import load_sharegpt
+from sglang_memserve.model import MODELS
+from sglang_memserve.workloads import Conversation, load_sharegpt
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """One answered turn: its text, timing and the prompt tokens the cache served."""
+
+    conv_id: str
+    turn: int
+    question: str
+    answer: str
+    ttft_s: float
+    latency_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+def stream_chat(base_url: str, messages: list[dict[str, str]], max_new_tokens: int,
+                headers: dict[str, str] | None = None, timeout: float = 300.0
+                ) -> tuple[str, float, float, dict[str, Any]]:
+    """One greedy streamed ``/v1/chat/completions`` call.
+
+    Returns:
+        (answer text, seconds to the first content token, seconds in all, the usage object of
+        the final chunk: ``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details``).
+    Raises:
+        requests.HTTPError: the server refused the request.
+    """
+    body = {"model": "default", "messages": messages, "temperature": 0,
+            "max_tokens": max_new_tokens, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    usage: dict[str, Any] = {}
+    with requests.post(f"{base_url}/v1/chat/completions", json=body, stream=True,
+                       timeout=timeout, headers=headers) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    first = first or time.perf_counter()
+                    parts.append(text)
+    end = time.perf_counter()
+    return "".join(parts), (first or end) - start, end - start, usage
+
+
+def replay_chats(base_url: str, conversations: Sequence[Conversation], max_new_tokens: int,
+                 *, headers: dict[str, str] | None = None,
+                 emit: Callable[[str], None] = print, width: int = 100) -> list[TurnResult]:
+    """Replay each conversation turn by turn (each prompt carries the earlier answers) and print
+    one block per turn: question, answer, TTFT, latency, prompt and cached tokens.
+
+    Args:
+        base_url: an OpenAI-compatible server or router (``http://host:port``).
+        conversations: the chats (user turns only; answers come from the server).
+        max_new_tokens: answer length cap per turn.
+        headers: extra HTTP headers (e.g. a router's API key).
+        emit: where lines go (default: stdout).
+        width: characters of question and answer shown.
+    Returns:
+        The turns in the order they were sent.
+    """
+    results: list[TurnResult] = []
+    for conv in conversations:
+        emit(f"\n=== conversation {conv.id} ===")
+        messages: list[dict[str, str]] = []
+        for turn, question in enumerate(conv.user_turns):
+            messages.append({"role": "user", "content": question})
+            answer, ttft, latency, usage = stream_chat(base_url, messages, max_new_tokens,
+                                                       headers)
+            messages.append({"role": "assistant", "content": answer})
+            cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            res = TurnResult(conv.id, turn, question, answer, ttft, latency,
+                             int(usage.get("prompt_tokens", 0)), cached,
+                             int(usage.get("completion_tokens", 0)))
+            results.append(res)
+            emit(f"user> {_clip(question, width)}")
+            emit(f"  ai> {_clip(answer, width)}")
+            emit(f"      TTFT {1000 * ttft:.0f} ms, {1000 * latency:.0f} ms in all, "
+                 f"{res.completion_tokens} tokens; prompt {res.prompt_tokens} tokens, "
+                 f"{cached} from cache")
+    return results
+
+
+def summary(results: Sequence[TurnResult]) -> str:
+    """One line: prompt tokens, the share served from cache, mean TTFT of first vs later turns."""
+    prompt = sum(r.prompt_tokens for r in results)
+    cached = sum(r.cached_tokens for r in results)
+
+    def mean_ttft(rs: list[TurnResult]) -> str:
+        return f"{1000 * sum(r.ttft_s for r in rs) / len(rs):.0f} ms" if rs else "-"
+
+    return (f"prompt tokens {prompt}, served from cache {cached} ({cached / max(prompt, 1):.0%}); "
+            f"mean TTFT first turns {mean_ttft([r for r in results if r.turn == 0])}, "
+            f"later turns {mean_ttft([r for r in results if r.turn > 0])}")
+
+
+def _clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[:width - 3] + "...")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("tiny", "bench"), default="tiny")
-    p.add_argument("--conversations", type=int, default=4)
+    p.add_argument("--model", choices=sorted(MODELS), default="smollm2")
+    p.add_argument("--conversations", type=int, default=3)
     p.add_argument("--turns", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-chars", type=int, default=300,
+                   help="cut each user turn to this many characters (ShareGPT turns can be long)")
     p.add_argument("--log-dir", type=Path, default=None)
     args = p.parse_args()
 
     convs = load_sharegpt(limit=args.conversations, min_turns=2, max_turns=args.turns,
-                          max_chars=600)
+                          max_chars=args.max_chars)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="memserve-demo-"))
     t0 = time.perf_counter()
-    with ServerProcess(["--embedded-model", args.model], log_dir, name="memserve") as server:
-        print(f"MemServe instance up at {server.url} in {time.perf_counter() - t0:.1f}s "
-              f"(log: {server.log_path})")
-        total_prompt = total_cached = 0
-        for conv in convs:
-            print(f"\n=== conversation {conv.id} ===")
-            messages: list[dict[str, str]] = []
-            for turn in conv.user_turns:
-                messages.append({"role": "user", "content": turn})
-                start = time.perf_counter()
-                r = requests.post(f"{server.url}/v1/chat/completions", timeout=300, json={
-                    "model": "default", "messages": messages, "temperature": 0,
-                    "max_tokens": args.max_new_tokens})
-                r.raise_for_status()
-                body = r.json()
-                answer = body["choices"][0]["message"]["content"]
-                usage = body["usage"]
-                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                total_prompt += usage["prompt_tokens"]
-                total_cached += cached
-                messages.append({"role": "assistant", "content": answer})
-                print(f"user> {turn[:70]!r}")
-                print(f"  ai> {answer[:70]!r}")
-                print(f"      {1000 * (time.perf_counter() - start):.0f} ms, prompt "
-                      f"{usage['prompt_tokens']} tokens, {cached} from cache")
-        print(f"\nprompt tokens {total_prompt}, served from cache {total_cached} "
-              f"({total_cached / max(total_prompt, 1):.0%})")
+    server = ServerProcess(["--embedded-model", args.model], log_dir, name="memserve")
+    server.start(timeout=600)  # a first start also builds the model (~30 s for smollm2)
+    try:
+        print(f"MemServe instance on {args.model} up at {server.url} in "
+              f"{time.perf_counter() - t0:.1f}s (log: {server.log_path})")
+        results = replay_chats(server.url, convs, args.max_new_tokens)
+        print("\n" + summary(results))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

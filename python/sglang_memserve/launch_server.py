@@ -12,10 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sglang_memserve import compat
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
-from sglang_memserve.model.registry import MODELS
+from sglang_memserve.model.registry import MODELS, folder_cpu_dtype
 
 # NOTE: runs again as ``__mp_main__`` in every process SGLang spawns, before the child unpickles
 # its target (which imports sglang.srt) -- so import-time CPU patches reach the scheduler too.
@@ -111,13 +112,16 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
     """
     ms, rest = memserve_parser().parse_known_args(list(argv))
     sg = list(rest)
-    # CPU dtype: the embedded model's own when it is served, else float32 (CPU_DEFAULTS).
-    cpu_dtype: dict[str, str | None] = {}
+    # CPU dtype: the embedded model's own (also when its folder is given as --model-path),
+    # else float32 (CPU_DEFAULTS).
     if not _has(sg, "--model-path"):
         from sglang_memserve.model import ensure_model
 
         sg += ["--model-path", str(ensure_model(ms.embedded_model))]
-        cpu_dtype["--dtype"] = MODELS[ms.embedded_model].cpu_dtype
+        model_dtype: str | None = MODELS[ms.embedded_model].cpu_dtype
+    else:
+        model_dtype = folder_cpu_dtype(Path(_value(sg, "--model-path", "")))
+    cpu_dtype: dict[str, str | None] = {"--dtype": model_dtype} if model_dtype else {}
     host = _value(sg, "--host", "127.0.0.1")
     sg = _with_defaults(sg, {"--host": host})
     if not _has(sg, "--disaggregation-mode"):

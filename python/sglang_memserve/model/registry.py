@@ -7,6 +7,7 @@ place and renames it in, so concurrent first starts never see a half-written mod
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ class EmbeddedModel(Protocol):
 
 
 MODELS: dict[str, EmbeddedModel] = {**SPECS, "smollm2": SMOLLM2}
+META_FILE = "memserve_model.json"  # what every builder writes beside the weights
 
 
 def cache_root() -> Path:
@@ -49,6 +51,17 @@ def get_model(name: str) -> EmbeddedModel:
     if name not in MODELS:
         raise KeyError(f"unknown embedded model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name]
+
+
+def folder_cpu_dtype(path: Path) -> str | None:
+    """The CPU dtype a built model folder asks for (``cpu_dtype`` in its
+    ``memserve_model.json``), or None for folders that say nothing (any other model)."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = meta.get("cpu_dtype") if isinstance(meta, dict) else None
+    return str(dtype) if dtype else None
 
 
 def ensure_model(name: str = "tiny", root: Path | None = None) -> Path:
