@@ -19,8 +19,10 @@ import pytest
 import requests
 
 from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.demo import replay_chats
 from sglang_memserve.pd import PdCluster, PdOptions
 from sglang_memserve.pd.client import hit_tokens
+from sglang_memserve.workloads import Conversation
 
 FACTS: tuple[tuple[str, str], ...] = (
     ("What is the capital of France?", "Paris"),
@@ -149,3 +151,20 @@ def test_openai_chat_matches_generate(path: Serving, tokenizer: Any) -> None:
     want = greedy(path.url, chat_ids(tokenizer, [{"role": "user", "content": question}]))
     assert body["choices"][0]["message"]["content"] == want["text"].strip()
     assert body["usage"]["completion_tokens"] == len(want["output_ids"])
+
+
+def test_demo_replay_reports_ttft_and_cached_tokens(path: Serving) -> None:
+    """The demo's streamed replay: answers, a first-token time within the request's, and cached
+    prompt tokens on the later turn where the path caches."""
+    lines: list[str] = []
+    conv = Conversation("c0", tuple(q for q, _ in CHAT[:2]), ())
+    results = replay_chats(path.url, [conv], MAX_NEW_TOKENS, emit=lines.append)
+    assert [r.turn for r in results] == [0, 1] and len(lines) == 1 + 3 * 2
+    for r, (_, word) in zip(results, CHAT, strict=False):
+        assert word in r.answer, (path.name, r)
+        assert 0 < r.ttft_s <= r.latency_s and r.completion_tokens > 0
+    later = results[1]
+    if path.cached:
+        assert later.cached_tokens >= results[0].prompt_tokens, (path.name, later)
+    else:
+        assert later.cached_tokens == 0, (path.name, later)
