@@ -4,7 +4,7 @@ Configurations (each started fresh, one after another, same conversations and ar
 
 * ``colo-nocache``  one colocated instance, no prefix cache (``--memserve-cache off``)
 * ``colo-cache``    one colocated instance with MemServe's tree cache
-* ``pd-basic``      1P1D behind sglang-router, no prefix cache anywhere (PD-Basic)
+* ``pd-basic``      1P1D behind memserve-router, no prefix cache anywhere (PD-Basic)
 * ``pd-cache``      1P1D, prefill's cache + decode's cache, delta-only transfers (PD-Caching-1+2)
 * ``pd-caching1``   1P1D, prefill's cache only (optional)
 * ``pd-caching3``   1P1D, PD-Caching-1+2 plus decode's KV return to prefill (MemServe)
@@ -117,7 +117,10 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
         pin = PdOptions().cpus
     caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
                                                     "decode_cache": setup.cache}
-    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin, **caches)
+    # MemServe's configurations run behind memserve-router, stock SGLang's behind sglang-router.
+    router = "sglang" if setup.cache == "stock" else "memserve"
+    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin,
+                     router=router, **caches)
     with PdCluster(opts, log_dir / setup.name) as pd:
         facts["startup_s"] = time.perf_counter() - t0
         facts["cpus"] = pin

@@ -1,5 +1,7 @@
-"""Starting and stopping MemServe instances as real processes (demo, benchmarks, tests)."""
+"""Starting and stopping MemServe instances and the router as real processes (demo, benchmarks,
+tests)."""
 
-from sglang_memserve.cluster.process import ServerProcess, free_port
+from sglang_memserve.cluster.process import ServerProcess, ServerStartError, free_port
+from sglang_memserve.cluster.router import MemServeRouterProcess
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["MemServeRouterProcess", "ServerProcess", "ServerStartError", "free_port"]

@@ -38,7 +38,7 @@ from types import TracebackType
 
 import requests
 
-from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
 from sglang_memserve.cluster.process import ServerStartError
 
 STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
@@ -92,7 +92,9 @@ class PdOptions:
             rounded down to whole pages.
         metrics: ``--enable-metrics`` on both (prefill's ``/metrics`` then reports the KV bytes
             it sent: :func:`kv_transfer_stats`).
-        router_args: extra ``sglang_router.launch_router`` arguments.
+        router: ``memserve`` (memserve-router, MemServe's global scheduler) or ``sglang``
+            (stock sglang-router, the baseline).
+        router_args: extra arguments of that router.
         env: extra environment for all three processes.
         start_timeout: seconds to wait for each process to become healthy.
     """
@@ -107,6 +109,7 @@ class PdOptions:
     omp_threads: int | None = None
     page_size: int | None = None
     metrics: bool = True
+    router: str = "memserve"
     router_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 240.0
@@ -114,6 +117,8 @@ class PdOptions:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {tuple(ROUTERS)}, got {self.router!r}")
 
     @property
     def label(self) -> str:
@@ -301,7 +306,7 @@ class PdCluster:
         self.prefill = self._instance(0, options.prefill_argv(self.bootstrap_port), "prefill",
                                       prefill_port)
         self.decode = self._instance(1, options.decode_argv(), "decode", decode_port)
-        self.router: RouterProcess | None = None
+        self.router: RouterProcess | MemServeRouterProcess | None = None
 
     def _instance(self, index: int, argv: list[str], name: str, port: int | None = None
                   ) -> ServerProcess:
@@ -324,9 +329,7 @@ class PdCluster:
                            for s in (self.prefill, self.decode)]
                 for f in futures:
                     f.result()
-            self.router = RouterProcess(self.prefill, self.bootstrap_port, self.decode,
-                                        self.log_dir, self.options.router_args, self.host,
-                                        dict(self.options.env))
+            self.router = ROUTERS[self.options.router](self)
             self.router.start()
         except BaseException:
             self.stop()
@@ -352,6 +355,24 @@ class PdCluster:
 
     def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+
+
+def _memserve_router(pd: PdCluster) -> MemServeRouterProcess:
+    # Same fail-fast health settings as the sglang-router defaults above.
+    args = ["--pd-disaggregation", "--prefill", pd.prefill.url, str(pd.bootstrap_port),
+            "--decode", pd.decode.url, "--health-check-interval-secs", "2",
+            "--health-failure-threshold", "3", "--health-check-timeout-secs", "10",
+            "--log-level", "warning", *pd.options.router_args]
+    return MemServeRouterProcess(args, pd.log_dir, host=pd.host, env=dict(pd.options.env))
+
+
+def _sglang_router(pd: PdCluster) -> RouterProcess:
+    return RouterProcess(pd.prefill, pd.bootstrap_port, pd.decode, pd.log_dir,
+                         pd.options.router_args, pd.host, dict(pd.options.env))
+
+
+# Which router fronts the pair: MemServe's global scheduler, or stock sglang-router (baseline).
+ROUTERS = {"memserve": _memserve_router, "sglang": _sglang_router}
 
 
 @contextmanager

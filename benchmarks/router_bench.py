@@ -1,0 +1,366 @@
+"""memserve-router against sglang-router (PyPI) and two offline oracles, on the same instances.
+
+Subcommands:
+
+* ``hits``: N colocated MemServe instances (tiny model, page 16) are started once per memory
+  size; each router configuration is started in front of them in turn (the instances' caches
+  flushed between configurations) and replays the same requests at the same arrival times:
+  the Mooncake conversation trace (prompts synthesized from its hash ids, one block of
+  ``--block-tokens`` ids per id; one output token) or ShareGPT multi-turn chats. Reports hit
+  rate, TTFT and JCT (avg, P99), migrations, and the oracles' hit rates: one infinite cache
+  shared by all instances, and one shared LRU cache as large as the cluster's total KV.
+* ``overhead``: the router alone, in front of stand-in instances (``memserve_router.stub``):
+  p50 latency added over a direct call, and routing throughput under concurrency.
+* ``decision``: one routing decision (tree walk + policy) for a 4,096-token prompt over 16 to
+  1,024 instances, in process.
+
+::
+
+    .venv/bin/python benchmarks/router_bench.py hits --out results/router --requests 2000
+    .venv/bin/python benchmarks/router_bench.py overhead
+    .venv/bin/python benchmarks/router_bench.py decision
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import requests
+
+from sglang_memserve.bench.metrics import RequestRecord, summarize
+from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess, free_port
+from sglang_memserve.model import ensure_model
+from sglang_memserve.pd.cluster import free_ports
+from sglang_memserve.workloads.trace import load_trace, trace_prompts
+
+# Router configurations: (label, how to start it in front of the instance URLs).
+ROUTERS: dict[str, tuple[str, list[str]]] = {
+    "memserve": ("memserve-router (memserve policy)", ["--policy", "memserve"]),
+    "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),
+    "sglang-cache-aware": ("sglang-router cache_aware", ["--policy", "cache_aware"]),
+    "sglang-rr": ("sglang-router round_robin", ["--policy", "round_robin"]),
+}
+
+
+# ---- oracles ---------------------------------------------------------------------------------
+
+def _page_keys(ids: Sequence[int], page: int) -> list[int]:
+    keys, h = [], 0
+    for i in range(0, len(ids) - page + 1, page):
+        h = hash((h, tuple(ids[i:i + page])))
+        keys.append(h)
+    return keys
+
+
+def _cacheable(n_tokens: int, page: int) -> int:
+    """Pages an instance can serve from cache: whole pages, and one token is always computed."""
+    return max(0, (n_tokens - 1) // page)
+
+
+def oracle_hit_rate(prompts: Sequence[Sequence[int]], page: int,
+                    capacity_pages: int | None) -> float:
+    """Hit rate of one cache shared by every instance: infinite (``None``) or an LRU of
+    ``capacity_pages`` pages that evicts leaves before their prefixes."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hit = total = 0
+    for ids in prompts:
+        keys = _page_keys(ids, page)
+        n = 0
+        for k in keys[:_cacheable(len(ids), page)]:
+            if k not in cache:
+                break
+            n += 1
+        hit += n * page
+        total += len(ids)
+        for k in reversed(keys):  # a prefix is touched after its extensions: leaves go first
+            cache[k] = None
+            cache.move_to_end(k)
+        if capacity_pages is not None:
+            while len(cache) > capacity_pages:
+                cache.popitem(last=False)
+    return hit / total if total else 0.0
+
+
+# ---- replay ----------------------------------------------------------------------------------
+
+async def _one(session: aiohttp.ClientSession, url: str, i: int, ids: list[int], at: float,
+               t0: float, out: list[RequestRecord]) -> None:
+    await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
+    sent = time.perf_counter() - t0
+    body = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 1}}
+    start = time.perf_counter()
+    try:
+        async with session.post(f"{url}/generate", json=body) as r:
+            data = await r.json(content_type=None)
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {str(data)[:200]}")
+    except Exception as exc:  # noqa: BLE001 -- counted as failed
+        out.append(RequestRecord(str(i), 0, sent, 0.0, 0.0, len(ids), 0, error=repr(exc)))
+        return
+    lat = time.perf_counter() - start
+    meta = data.get("meta_info", {})
+    out.append(RequestRecord(str(i), 0, sent, lat, lat, int(meta.get("prompt_tokens", len(ids))),
+                             int(meta.get("cached_tokens", 0)), {}, data.get("output_ids", [])))
+
+
+async def replay_trace(url: str, prompts: list[list[int]], arrivals: list[float],
+                       timeout_s: float = 600.0) -> list[RequestRecord]:
+    out: list[RequestRecord] = []
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     connector=connector) as s:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_one(s, url, i, p, a, t0, out)
+                               for i, (p, a) in enumerate(zip(prompts, arrivals, strict=True))))
+    return out
+
+
+@dataclass
+class SglangRouter:
+    """Stock sglang-router (``sglang_router.launch_router``) in front of colocated workers."""
+
+    urls: list[str]
+    args: list[str]
+    log_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        port, prom = free_ports(2)
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *self.urls,
+               "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
+               "--prometheus-port", str(prom), "--log-level", "warn", *self.args]
+        log = open(self.log_dir / "sglang-router.log", "ab")  # noqa: SIM115 -- lives with proc
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1}}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.post(f"{url}/generate", json=body, timeout=5).status_code == 200:
+                    return url
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("sglang-router did not become routable")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def _router_metric(url: str, name: str) -> float:
+    try:
+        text = requests.get(f"{url}/metrics", timeout=5).text
+    except requests.RequestException:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def run_hits(a: argparse.Namespace) -> None:
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = ensure_model("tiny")
+    trace = load_trace(None if a.trace is None else Path(a.trace), limit=a.requests)
+    prompts = trace_prompts(trace, block_tokens=a.block_tokens, vocab=(10, 1000))
+    arrivals = [r.arrival_s / a.speedup for r in trace]
+    page = a.block_tokens
+    results: dict[str, Any] = {"args": vars(a), "sizes": {}}
+    for kv in a.kv_tokens:
+        cap = a.instances * kv // page
+        size: dict[str, Any] = {
+            "oracle_infinite": oracle_hit_rate(prompts, page, None),
+            "oracle_lru": oracle_hit_rate(prompts, page, cap),
+            "configs": {}}
+        print(f"== {a.instances} instances x {kv} KV tokens: oracle infinite "
+              f"{size['oracle_infinite']:.3f}, equal-capacity LRU {size['oracle_lru']:.3f}",
+              flush=True)
+        logs = out_dir / f"kv{kv}"
+        logs.mkdir(exist_ok=True)
+        servers = [ServerProcess(["--model-path", str(model), "--page-size", str(page),
+                                  "--max-total-tokens", str(kv), "--instance-id", f"inst-{i}"],
+                                 logs, name=f"inst-{i}") for i in range(a.instances)]
+        try:
+            for s in servers:
+                s.start(timeout=300)
+            urls = [s.url for s in servers]
+            for name in a.routers:
+                for s in servers:
+                    requests.post(f"{s.url}/flush_cache", timeout=30)
+                label, args = ROUTERS[name]
+                if name.startswith("sglang"):
+                    proc: Any = SglangRouter(urls, args, logs)
+                    url = proc.start()
+                else:
+                    proc = MemServeRouterProcess(["--worker-urls", *urls, *args,
+                                                  "--log-level", "warning"], logs)
+                    url = proc.start().url
+                try:
+                    t0 = time.perf_counter()
+                    records = asyncio.run(replay_trace(url, prompts, arrivals))
+                    wall = time.perf_counter() - t0
+                    summary = summarize(records) | {"wall_s": wall, "label": label}
+                    if not name.startswith("sglang"):
+                        summary["migrations"] = _router_metric(
+                            url, 'memserve_router_migrations_total{outcome="ok"}')
+                finally:
+                    proc.stop()
+                size["configs"][name] = summary
+                print(f"  {label:40s} hit {summary['hit_rate']:.3f}  TTFT avg "
+                      f"{summary['ttft_avg']:.3f} p99 {summary['ttft_p99']:.3f}  failed "
+                      f"{summary['failed']}  ({wall:.0f} s)", flush=True)
+        finally:
+            for s in servers:
+                s.stop()
+        results["sizes"][str(kv)] = size
+        (out_dir / "router_bench.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "router_bench.md").write_text(_hits_table(results))
+    print(_hits_table(results))
+
+
+def _hits_table(results: dict[str, Any]) -> str:
+    lines = ["| KV tokens / instance | configuration | hit rate | of LRU oracle | TTFT avg | "
+             "TTFT p99 | JCT p99 | migrations | failed |", "|---|---|---|---|---|---|---|---|---|"]
+    for kv, size in results["sizes"].items():
+        lru = size["oracle_lru"]
+        lines.append(f"| {kv} | oracle: infinite shared cache | {size['oracle_infinite']:.3f} "
+                     f"| | | | | | |")
+        lines.append(f"| {kv} | oracle: shared LRU, cluster capacity | {lru:.3f} | 1.00 "
+                     f"| | | | | |")
+        for s in size["configs"].values():
+            lines.append(f"| {kv} | {s['label']} | {s['hit_rate']:.3f} | "
+                         f"{s['hit_rate'] / lru if lru else float('nan'):.2f} | "
+                         f"{s['ttft_avg']:.3f} | {s['ttft_p99']:.3f} | {s['jct_p99']:.3f} | "
+                         f"{s.get('migrations', '-')} | {s['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- overhead --------------------------------------------------------------------------------
+
+async def _latencies(url: str, n: int, concurrency: int) -> tuple[list[float], float]:
+    body = {"input_ids": list(range(1, 257)), "sampling_params": {"max_new_tokens": 1}}
+    lat: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
+    async with aiohttp.ClientSession(connector=connector) as s:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with sem:
+                t = time.perf_counter()
+                async with s.post(f"{url}/generate", json=body) as r:
+                    await r.read()
+                    assert r.status == 200
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return lat, n / (time.perf_counter() - t0)
+
+
+def run_overhead(a: argparse.Namespace) -> None:
+    ports = [free_port() for _ in range(a.stubs)]
+    stubs = [subprocess.Popen([sys.executable, "-m", "memserve_router.stub", "--port", str(p)])
+             for p in ports]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    log_dir = Path(a.out)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        time.sleep(2.0)
+        with MemServeRouterProcess(["--worker-urls", *urls, "--log-level", "warning"],
+                                   log_dir) as router:
+            asyncio.run(_latencies(router.url, 200, 1))  # warm up
+            direct, _ = asyncio.run(_latencies(urls[0], a.sequential, 1))
+            routed, _ = asyncio.run(_latencies(router.url, a.sequential, 1))
+            _, rps = asyncio.run(_latencies(router.url, a.throughput, a.concurrency))
+            _, rps_direct = asyncio.run(_latencies(urls[0], a.throughput, a.concurrency))
+    finally:
+        for p in stubs:
+            p.kill()
+    d50, r50 = statistics.median(direct), statistics.median(routed)
+    print(f"p50 direct {d50 * 1e3:.3f} ms, through the router {r50 * 1e3:.3f} ms: "
+          f"router adds {(r50 - d50) * 1e3:.3f} ms ({a.sequential} sequential requests)")
+    print(f"throughput at concurrency {a.concurrency}: {rps:.0f} req/s through the router "
+          f"({a.stubs} stub instances), {rps_direct:.0f} req/s direct to one stub")
+
+
+# ---- decision --------------------------------------------------------------------------------
+
+def run_decision(a: argparse.Namespace) -> None:
+    from memserve_router.policies import Candidate, Load, PolicyConfig, RouteRequest, make_policy
+    from memserve_router.trees import GlobalTree
+
+    rng = random.Random(0)
+    page = 16
+    system = [rng.randrange(10, 30000) for _ in range(1024)]
+    print("| instances | tree match p50 (us) | policy p50 (us) | decision p50 (us) |")
+    print("|---|---|---|---|")
+    for n in a.instances:
+        tree = GlobalTree(page)
+        convs = []
+        for i in range(n):
+            conv = system + [rng.randrange(10, 30000) for _ in range(2048)]
+            convs.append(conv)
+            tree.predict(f"i{i}", conv, ttl_s=1e9)
+        policy = make_policy("memserve", PolicyConfig())
+        loads = {f"i{i}": Load(running=rng.randrange(4)) for i in range(n)}
+        prompt = convs[n // 2] + [rng.randrange(10, 30000) for _ in range(1024)]
+        tm, tp, tt = [], [], []
+        for _ in range(a.calls):
+            t0 = time.perf_counter()
+            hits = tree.match(prompt)
+            t1 = time.perf_counter()
+            cands = [Candidate(wid, load, hits[wid].tokens if wid in hits else 0)
+                     for wid, load in loads.items()]
+            policy.select(RouteRequest(len(prompt), page_size=page, explain=False), cands)
+            t2 = time.perf_counter()
+            tm.append(t1 - t0)
+            tp.append(t2 - t1)
+            tt.append(t2 - t0)
+        med = statistics.median
+        print(f"| {n} | {med(tm) * 1e6:.0f} | {med(tp) * 1e6:.0f} | {med(tt) * 1e6:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("hits")
+    h.add_argument("--out", default="results/router")
+    h.add_argument("--trace", default=None, help="Mooncake-format trace (default: shared data)")
+    h.add_argument("--requests", type=int, default=2000)
+    h.add_argument("--instances", type=int, default=4)
+    h.add_argument("--block-tokens", type=int, default=16)
+    h.add_argument("--kv-tokens", type=int, nargs="+", default=[131072, 8192])
+    h.add_argument("--speedup", type=float, default=8.0,
+                   help="replay the trace this many times faster than recorded")
+    h.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
+    o = sub.add_parser("overhead")
+    o.add_argument("--out", default="results/router-overhead")
+    o.add_argument("--stubs", type=int, default=2)
+    o.add_argument("--sequential", type=int, default=1000)
+    o.add_argument("--throughput", type=int, default=4000)
+    o.add_argument("--concurrency", type=int, default=64)
+    d = sub.add_parser("decision")
+    d.add_argument("--instances", type=int, nargs="+", default=[16, 64, 256, 1024])
+    d.add_argument("--calls", type=int, default=300)
+    a = p.parse_args()
+    {"hits": run_hits, "overhead": run_overhead, "decision": run_decision}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

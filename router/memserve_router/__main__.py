@@ -1,0 +1,3 @@
+from memserve_router.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""``memserve-router`` / ``python -m memserve_router``: the global scheduler's command line.
+
+Flags follow sglang-router's (``--worker-urls``, ``--pd-disaggregation --prefill URL [PORT]
+--decode URL``, ``--policy``, ``--host``, ``--port``, ...), so one can stand in for the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from memserve_router.config import RouterConfig, WorkerSpec
+from memserve_router.policies import POLICIES
+
+# sglang-router flags that have no meaning here (exact trees need no eviction timer; metrics are
+# served on the router's own port): accepted so its command lines work, and said so.
+IGNORED: dict[str, int] = {"--eviction-interval-secs": 1, "--max-tree-size": 1,
+                           "--prometheus-host": 1, "--prometheus-port": 1,
+                           "--max-payload-size": 1}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memserve-router", description=__doc__.split("\n\n")[0])
+    names = sorted(POLICIES)
+    p.add_argument("--worker-urls", nargs="*", default=[], help="colocated instances")
+    p.add_argument("--pd-disaggregation", action="store_true",
+                   help="route each request to one prefill and one decode instance")
+    p.add_argument("--prefill", nargs="+", action="append", default=[],
+                   metavar=("URL", "BOOTSTRAP_PORT"),
+                   help="a prefill instance and (optionally) its bootstrap port; repeatable")
+    p.add_argument("--decode", nargs=1, action="append", default=[], metavar="URL",
+                   help="a decode instance; repeatable")
+    p.add_argument("--policy", choices=names, default="memserve")
+    p.add_argument("--prefill-policy", choices=names, default=None)
+    p.add_argument("--decode-policy", choices=names, default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warn", "warning", "error"))
+    p.add_argument("--tokenizer-path", default=None,
+                   help="the model's tokenizer (default: the instances' model path)")
+    p.add_argument("--cost-table", default="cpu-bench",
+                   help="cost table of the memserve policy (a shipped name or a JSON path)")
+    p.add_argument("--transfer-per-page-s", type=float, default=None,
+                   help="KV transfer cost per page over the link in use (default: the table's)")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="never move KV between instances (recompute instead)")
+    p.add_argument("--cache-threshold", type=float, default=0.3)
+    p.add_argument("--balance-abs-threshold", type=int, default=64)
+    p.add_argument("--balance-rel-threshold", type=float, default=1.5)
+    p.add_argument("--health-check-interval-secs", type=float, default=2.0)
+    p.add_argument("--health-check-timeout-secs", type=float, default=10.0)
+    p.add_argument("--health-failure-threshold", type=int, default=3)
+    p.add_argument("--load-interval-secs", type=float, default=0.5)
+    p.add_argument("--predict-ttl-secs", type=float, default=5.0)
+    p.add_argument("--request-timeout-secs", type=float, default=600.0)
+    p.add_argument("--disable-retries", action="store_true")
+    return p
+
+
+def _strip_ignored(argv: list[str]) -> tuple[list[str], list[str]]:
+    out, ignored, skip = [], [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in IGNORED:
+            ignored.append(flag)
+            skip = 0 if "=" in a else IGNORED[flag]
+            continue
+        out.append(a)
+    return out, ignored
+
+
+def config_from_args(argv: Sequence[str]) -> RouterConfig:
+    """Parse a command line into a RouterConfig (argparse exits with a message on bad flags)."""
+    return parse_args(argv)[0]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
+    """Parse a command line: (config, log level name). argparse exits on bad flags."""
+    argv, ignored = _strip_ignored(list(argv))
+    p = parser()
+    a = p.parse_args(argv)
+    if ignored:
+        logging.getLogger("memserve_router").warning("ignoring sglang-router flags %s", ignored)
+    workers: list[WorkerSpec] = []
+    try:
+        workers += [WorkerSpec(u) for u in a.worker_urls]
+        for item in a.prefill:
+            if len(item) > 2:
+                p.error(f"--prefill takes URL [BOOTSTRAP_PORT], got {item}")
+            port = int(item[1]) if len(item) == 2 and item[1].lower() != "none" else None
+            workers.append(WorkerSpec(item[0], "prefill", port))
+        workers += [WorkerSpec(d[0], "decode") for d in a.decode]
+        if not a.pd_disaggregation and (a.prefill or a.decode):
+            p.error("--prefill/--decode need --pd-disaggregation")
+        config = RouterConfig(
+            workers=tuple(workers), pd=a.pd_disaggregation, policy=a.policy,
+            prefill_policy=a.prefill_policy, decode_policy=a.decode_policy,
+            host=a.host, port=a.port, api_key=a.api_key, tokenizer_path=a.tokenizer_path,
+            cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
+            migrate=not a.no_migrate, cache_threshold=a.cache_threshold,
+            balance_abs_threshold=a.balance_abs_threshold,
+            balance_rel_threshold=a.balance_rel_threshold,
+            health_interval_s=a.health_check_interval_secs,
+            health_timeout_s=a.health_check_timeout_secs,
+            health_failure_threshold=a.health_failure_threshold,
+            load_interval_s=a.load_interval_secs, predict_ttl_s=a.predict_ttl_secs,
+            request_timeout_s=a.request_timeout_secs,
+            retries=0 if a.disable_retries else 1)
+        return config, a.log_level
+    except ValueError as exc:
+        p.error(str(exc))
+    raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config, level = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING if level == "warn" else level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from memserve_router.server import run
+
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

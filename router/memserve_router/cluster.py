@@ -1,0 +1,238 @@
+"""The router's view of the cluster: members, one global prompt tree per instance type, KV event
+feeds, health checks and load polling. Everything here runs on the router's event loop (no locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from memserve_router.config import RouterConfig, WorkerSpec
+from memserve_router.feed import EventFeed
+from memserve_router.policies import Candidate
+from memserve_router.trees import GlobalTree
+from memserve_router.workers import Worker, WorkerError, WorkerInfo
+
+logger = logging.getLogger("memserve_router")
+
+
+class Cluster:
+    """Members and what they hold.
+
+    Args:
+        config: the router's configuration.
+        session: the HTTP client session the router talks to instances with.
+        exec_time: ``(x, y) -> seconds`` to prefill ``x`` tokens with ``y`` cached (the cost
+            table): turns an instance's polled queue of uncached tokens into a wait.
+    """
+
+    def __init__(self, config: RouterConfig, session: aiohttp.ClientSession,
+                 exec_time: Callable[[int, int], float]) -> None:
+        self.config = config
+        self.session = session
+        self.exec_time = exec_time
+        self.workers: dict[str, Worker] = {}
+        self.trees: dict[str, GlobalTree] = {}
+        self.feed = EventFeed()
+        self.model_path: str | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- membership -----------------------------------------------------------------------
+
+    async def probe(self, spec: WorkerSpec) -> WorkerInfo:
+        """Ask an instance what it is; raises WorkerError if it does not answer."""
+        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        try:
+            async with self.session.get(f"{spec.url}/server_info", timeout=timeout) as r:
+                r.raise_for_status()
+                info = await r.json(content_type=None)
+            async with self.session.get(f"{spec.url}/get_model_info", timeout=timeout) as r:
+                r.raise_for_status()
+                model_info = await r.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise WorkerError(f"{spec.url} did not answer /server_info: {exc!r}") from exc
+        return WorkerInfo.from_server_info(info, model_info)
+
+    async def join(self, spec: WorkerSpec) -> Worker:
+        """Add an instance (or re-add a restarted one): probe it, subscribe to its events and
+        take a fresh snapshot of its tree.
+
+        Raises:
+            WorkerError: unreachable, a duplicate URL or id, another model, or a page size
+                that differs from its instance type's tree.
+        """
+        info = await self.probe(spec)
+        # A stock server has no instance id: it is named by its address (no slashes, so the
+        # id fits in an admin URL).
+        wid = info.instance_id or spec.url.split("://", 1)[-1]
+        for w in self.workers.values():
+            if w.url == spec.url or w.id == wid:
+                raise WorkerError(f"{spec.url} ({wid}) is already a member")
+        if self.model_path and info.model_path and info.model_path != self.model_path:
+            raise WorkerError(f"{spec.url} serves {info.model_path}, the cluster {self.model_path}")
+        if spec.role == "prefill" and not (spec.bootstrap_port or info.bootstrap_port):
+            raise WorkerError(f"prefill {spec.url} has no bootstrap port")
+        tree = self.trees.get(spec.role)
+        if tree is None:
+            tree = self.trees[spec.role] = GlobalTree(info.page_size)
+        elif tree.page_size != info.page_size:
+            raise WorkerError(f"{spec.url} has page size {info.page_size}; the {spec.role} "
+                              f"tree's is {tree.page_size}")
+        worker = Worker(wid, spec, info)
+        self.workers[wid] = worker
+        self.model_path = self.model_path or info.model_path
+        if info.events and info.control:
+            self.feed.add(wid, tree, info.events, info.control)
+        logger.info("joined %s %s (%s, page %d, events %s)", spec.role, wid, spec.url,
+                    info.page_size, "exact" if info.events else "approximate")
+        return worker
+
+    def leave(self, wid: str) -> Worker:
+        """Remove an instance from the rotation and from every tree node.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        worker = self.workers.pop(wid)
+        self.feed.remove(wid)
+        tree = self.trees.get(worker.role)
+        if tree is not None:
+            tree.remove_instance(wid)
+        logger.info("left %s %s", worker.role, wid)
+        return worker
+
+    def members(self, role: str) -> list[Worker]:
+        """Healthy instances of ``role`` (in join order)."""
+        return [w for w in self.workers.values() if w.role == role and w.healthy]
+
+    # ---- routing inputs -------------------------------------------------------------------
+
+    def candidates(self, role: str, tokens: Sequence[int]) -> list[Candidate]:
+        """Every healthy instance of ``role`` with its load and its cached prefix of ``tokens``
+        (one walk of the role's tree). Does not modify the trees."""
+        members = self.members(role)
+        tree = self.trees.get(role)
+        hits = tree.match(tokens) if tree is not None and tokens else {}
+        now = time.monotonic()
+        out = []
+        for w in members:
+            h = hits.get(w.id)
+            waiting = int(w.polled.get("num_waiting_uncached_tokens", 0))
+            polled_wait = self.exec_time(waiting, 0) if waiting > 0 else 0.0
+            out.append(Candidate(w.id, w.load(now, polled_wait),
+                                 hit_tokens=h.tokens if h else 0,
+                                 host_tokens=h.host_tokens if h else 0))
+        return out
+
+    def routed(self, worker: Worker, tokens: Sequence[int], prefill_s: float) -> None:
+        """Account a request just sent to ``worker``: in-flight count, queued prefill work and
+        its pages, predicted in that instance's tree until an event confirms them (an instance
+        without events keeps them as its approximate tree)."""
+        worker.inflight += 1
+        worker.queue_prefill(prefill_s)
+        tree = self.trees.get(worker.role)
+        if tree is None or not tokens:
+            return
+        if worker.info.events:
+            tree.predict(worker.id, tokens, self.config.predict_ttl_s)
+        else:
+            tree.observe(worker.id, tokens, self.config.approx_ttl_s)
+
+    # ---- background -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the event feed, the health checks and the load polling (on the running loop)."""
+        self._tasks = [asyncio.create_task(self.feed.run(), name="feed"),
+                       asyncio.create_task(self._health_loop(), name="health"),
+                       asyncio.create_task(self._load_loop(), name="loads")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.feed.close()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            workers = list(self.workers.values())
+            results = await asyncio.gather(*(self._healthy(w) for w in workers))
+            for w, ok in zip(workers, results, strict=True):
+                if w.id in self.workers:
+                    await self._record_health(w, ok)
+
+    async def _healthy(self, w: Worker) -> bool:
+        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        try:
+            async with self.session.get(f"{w.url}/health", timeout=timeout) as r:
+                return r.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def _record_health(self, w: Worker, ok: bool) -> None:
+        if ok:
+            w.failures = 0
+            if not w.healthy:
+                await self._rejoin(w)
+            return
+        w.failures += 1
+        if w.healthy and w.failures >= self.config.health_failure_threshold:
+            w.healthy = False
+            self.feed.remove(w.id)
+            tree = self.trees.get(w.role)
+            if tree is not None:
+                tree.remove_instance(w.id)
+            logger.warning("%s %s failed %d health checks: out of rotation and trees",
+                           w.role, w.id, w.failures)
+
+    async def _rejoin(self, w: Worker) -> None:
+        """A recovered (or restarted) instance: fresh endpoints, fresh snapshot."""
+        try:
+            info = await self.probe(w.spec)
+        except WorkerError as exc:
+            logger.warning("%s answers /health but not /server_info: %s", w.id, exc)
+            return
+        w.info = info
+        w.inflight, w.busy_until, w.healthy = 0, 0.0, True
+        tree = self.trees.get(w.role)
+        if info.events and info.control and tree is not None:
+            self.feed.add(w.id, tree, info.events, info.control)
+        logger.info("%s %s is back in rotation", w.role, w.id)
+
+    async def _load_loop(self) -> None:
+        while True:
+            workers = [w for w in self.workers.values() if w.healthy]
+            await asyncio.gather(*(self._poll_load(w) for w in workers))
+            await asyncio.sleep(self.config.load_interval_s)
+
+    async def _poll_load(self, w: Worker) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        try:
+            async with self.session.get(f"{w.url}/v1/loads?include=core", timeout=timeout) as r:
+                if r.status != 200:
+                    return
+                body = await r.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return
+        loads = body.get("loads") or []
+        if loads:
+            keys = ("num_running_reqs", "num_waiting_reqs", "token_usage",
+                    "num_waiting_uncached_tokens")
+            w.polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
+            w.polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+
+    def resync(self, wid: str) -> None:
+        """Forget what the router mirrors of ``wid`` and take a fresh snapshot (after a flush)."""
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        self.feed.remove(wid)
+        tree = self.trees.get(w.role)
+        if tree is not None:
+            tree.remove_instance(wid)
+            if w.info.events and w.info.control and w.healthy:
+                self.feed.add(wid, tree, w.info.events, w.info.control)

@@ -1,0 +1,101 @@
+"""The router's configuration: which instances it fronts and how it routes (frozen, from the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["colocated", "prefill", "decode"]
+ROLES: tuple[Role, ...] = ("colocated", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One instance the router fronts.
+
+    Attributes:
+        url: its HTTP base URL (``http://host:port``).
+        role: ``colocated``, ``prefill`` or ``decode``.
+        bootstrap_port: prefill only: SGLang's disaggregation bootstrap port (decode instances
+            fetch the KV from there); ``None`` asks the instance (its ``/server_info``).
+    """
+
+    url: str
+    role: Role = "colocated"
+    bootstrap_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"worker URL must start with http:// or https://, got {self.url!r}")
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """How the router runs.
+
+    Attributes:
+        workers: the instances at start (more join through ``POST /workers``).
+        pd: prefill/decode disaggregation (each request goes to one prefill and one decode).
+        policy / prefill_policy / decode_policy: policy names (colocated; PD's two choices).
+        host, port: where the router listens (loopback by default).
+        api_key: required as ``Authorization: Bearer KEY`` on the admin API (and, like
+            sglang-router, on every route) when set.
+        tokenizer_path: the model's tokenizer (default: the instances' ``model_path``).
+        cost_table: cost table of the ``memserve`` policy (name or path).
+        transfer_per_page_s: the link's cost per KV page (overrides the table's).
+        migrate: let the ``memserve`` policy move KV between instances (``kv_push``).
+        cache_threshold, balance_abs_threshold, balance_rel_threshold: the ``prefix``
+            policy's thresholds (sglang-router's ``cache_aware`` defaults).
+        health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
+            instance failing that many in a row leaves the rotation and the trees.
+        load_interval_s: how often each instance's ``/v1/loads`` is polled.
+        predict_ttl_s: how long a routed request's pages count as cached on the chosen instance
+            before an event confirms them.
+        approx_ttl_s: lifetime of the approximate tree of an instance without KV events.
+        request_timeout_s: bound on one proxied request.
+        migrate_timeout_s: bound on one ``kv_push`` the router asks for.
+        session_header: the header the ``session`` policy reads.
+        retries: how often a request whose instance failed before any byte was sent is
+            retried on another instance.
+    """
+
+    workers: tuple[WorkerSpec, ...] = ()
+    pd: bool = False
+    policy: str = "memserve"
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    tokenizer_path: str | None = None
+    cost_table: str = "cpu-bench"
+    transfer_per_page_s: float | None = None
+    migrate: bool = True
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 10.0
+    health_failure_threshold: int = 3
+    load_interval_s: float = 0.5
+    predict_ttl_s: float = 5.0
+    approx_ttl_s: float = 120.0
+    request_timeout_s: float = 600.0
+    migrate_timeout_s: float = 30.0
+    session_header: str = "X-Session-ID"
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        roles = {w.role for w in self.workers}
+        if self.pd and "colocated" in roles:
+            raise ValueError("a PD router fronts prefill and decode instances, not colocated ones")
+        if not self.pd and roles - {"colocated"}:
+            raise ValueError("prefill/decode instances need --pd-disaggregation")
+
+    def policy_for(self, role: str) -> str:
+        """The policy name that picks an instance of ``role``."""
+        own = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)
+        return own or self.policy

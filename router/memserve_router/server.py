@@ -1,0 +1,558 @@
+"""The router's HTTP front: SGLang's native and OpenAI APIs, routed by policy, plus admin routes.
+
+Per generation request: token ids (:mod:`.prompts`) -> candidates with their cached prefix from one
+walk of the role's global tree and their load (:mod:`.cluster`) -> the policy's decision -> a KV
+migration if the decision says so (``kv_push`` on the holder) -> the request forwarded (PD: to one
+prefill and one decode, with SGLang's bootstrap fields) and its pages predicted in the chosen
+instance's tree until the instance's events confirm them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from memserve_router.cluster import Cluster
+from memserve_router.config import ROLES, RouterConfig, WorkerSpec
+from memserve_router.metrics import RouterMetrics
+from memserve_router.policies import (
+    Decision,
+    NoCandidate,
+    PolicyConfig,
+    RouteRequest,
+    make_policy,
+)
+from memserve_router.prompts import BadRequest, Prompt, Tokenizer, parse
+from memserve_router.workers import Worker, WorkerError
+
+logger = logging.getLogger("memserve_router")
+
+GENERATE_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
+INFO_ROUTES = ("/v1/models", "/get_model_info", "/model_info", "/server_info",
+               "/get_server_info")
+# An idle keep-alive connection must close on our side before uvicorn (SGLang, 5 s) closes it.
+KEEPALIVE_S = 4.0
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+class UpstreamError(RuntimeError):
+    """An instance failed before the router sent the client a byte (the request may be retried)."""
+
+
+class Router:
+    """One router process's state and handlers.
+
+    Args:
+        config: see :class:`~memserve_router.config.RouterConfig`.
+    """
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        pc = PolicyConfig(cache_threshold=config.cache_threshold,
+                          balance_abs_threshold=config.balance_abs_threshold,
+                          balance_rel_threshold=config.balance_rel_threshold,
+                          cost_table=config.cost_table,
+                          transfer_per_page_s=config.transfer_per_page_s,
+                          migrate=config.migrate)
+        self.policies = {role: make_policy(config.policy_for(role), pc) for role in ROLES}
+        from sglang_memserve.gpu.costmodel import load_table
+
+        self.costs = load_table(config.cost_table)
+        self.tokenizer: Tokenizer | None = None
+        self.metrics = RouterMetrics(self._gauges)
+        self.session: aiohttp.ClientSession | None = None
+        self.cluster: Cluster | None = None
+        self._pending: list[WorkerSpec] = []
+        self._join_task: asyncio.Task | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._auth])
+        for path in GENERATE_ROUTES:
+            app.router.add_post(path, self._generation_handler(path))
+        for path in INFO_ROUTES:
+            app.router.add_get(path, self._info)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/readiness", self._readiness)
+        app.router.add_route("*", "/flush_cache", self._flush_cache)
+        app.router.add_post("/route", self._route_debug)
+        app.router.add_get("/workers", self._list_workers)
+        app.router.add_post("/workers", self._add_worker)
+        app.router.add_delete("/workers/{wid}", self._remove_worker)
+        app.router.add_get("/workers/{wid}/tree", self._worker_tree)
+        app.router.add_get("/metrics", self._metrics)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+        self.session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
+        self.cluster = Cluster(self.config, self.session, self.costs.exec_time)
+        self.cluster.start()
+        self._pending = list(self.config.workers)
+        await self._join_pending()
+        self._join_task = asyncio.create_task(self._join_loop())
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    async def _join_pending(self) -> None:
+        """Join every configured instance that answers; the rest are retried (still starting)."""
+        specs, self._pending = self._pending, []
+        results = await asyncio.gather(*(self._join(s) for s in specs), return_exceptions=True)
+        for spec, res in zip(specs, results, strict=True):
+            if isinstance(res, BaseException):
+                logger.info("%s not joined yet: %s", spec.url, res)
+                self._pending.append(spec)
+
+    async def _join_loop(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.config.health_interval_s)
+            await self._join_pending()
+
+    async def _join(self, spec: WorkerSpec) -> Worker:
+        assert self.cluster is not None
+        worker = await self.cluster.join(spec)
+        if self.tokenizer is None:
+            path = self.config.tokenizer_path or self.cluster.model_path
+            if path:
+                loop = asyncio.get_running_loop()
+                try:
+                    self.tokenizer = await loop.run_in_executor(None, Tokenizer, path)
+                except Exception as exc:  # noqa: BLE001 -- route by load until one loads
+                    logger.warning("no tokenizer from %s (%r): routing by load only", path, exc)
+        return worker
+
+    # ---- middleware -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        key = self.config.api_key
+        if key and request.path != "/health":
+            if request.headers.get("Authorization", "") != f"Bearer {key}":
+                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        return await handler(request)
+
+    # ---- routing --------------------------------------------------------------------------
+
+    def _decide(self, role: str, prompt: Prompt, session_id: str | None,
+                exclude: Sequence[str] = (), explain: bool = False
+                ) -> tuple[Decision, Worker, int]:
+        """Pick an instance of ``role``: (decision, its worker, its cached prefix in tokens)."""
+        assert self.cluster is not None
+        t0 = time.perf_counter()
+        tree = self.cluster.trees.get(role)
+        cands = [c for c in self.cluster.candidates(role, prompt.tokens)
+                 if c.instance_id not in exclude]
+        explain = explain or logger.isEnabledFor(logging.DEBUG)
+        req = RouteRequest(num_tokens=max(1, len(prompt.tokens)), session_id=session_id,
+                           page_size=tree.page_size if tree else 1, explain=explain)
+        decision = self.policies[role].select(req, cands)
+        self.metrics.decision.observe(time.perf_counter() - t0)
+        if explain:
+            logger.debug("route %s %d tokens: %s", role, len(prompt.tokens), decision.explain())
+        hit = next(c.hit_tokens for c in cands if c.instance_id == decision.instance_id)
+        if decision.migrate_from:
+            hit = max(hit, decision.migrate_tokens)
+        return decision, self.cluster.workers[decision.instance_id], hit
+
+    def _account(self, role: str, worker: Worker, hit: int, prompt: Prompt) -> None:
+        assert self.cluster is not None
+        x = max(1, len(prompt.tokens))
+        self.cluster.routed(worker, prompt.tokens, self.costs.exec_time(x, min(hit, x - 1)))
+        self.metrics.prompt_tokens.labels(role).inc(len(prompt.tokens))
+        self.metrics.predicted_hit.labels(role).inc(hit)
+
+    async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> None:
+        """Ask the holder to push the prefix to ``dst`` (MemPool transfer_with_insert); on any
+        failure the request is still served, recomputing what did not arrive."""
+        assert self.cluster is not None
+        src = self.cluster.workers.get(decision.migrate_from or "")
+        if src is None or not src.info.control or not dst.info.control:
+            self.metrics.migrations.labels("skipped").inc()
+            return
+        from sglang_memserve.mempool.rpc import rpc_call
+
+        msg = {"op": "kv_push", "tokens": prompt.tokens[:decision.migrate_tokens],
+               "dst": dst.info.control}
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(None, lambda: rpc_call(
+                src.info.control, msg, timeout_s=self.config.migrate_timeout_s,
+                expect_instance=src.info.instance_id))
+        except Exception as exc:  # noqa: BLE001 -- MemPoolError and friends: recompute instead
+            logger.warning("migration %s -> %s failed: %s", src.id, dst.id, exc)
+            self.metrics.migrations.labels("failed").inc()
+            return
+        self.metrics.migrations.labels("ok").inc()
+        self.metrics.migration_bytes.inc(int(out.get("bytes", 0)))
+
+    def _generation_handler(self, path: str
+                            ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            status = 500
+            try:
+                resp = await self._generate(request, path)
+                status = resp.status
+                return resp
+            finally:
+                self.metrics.requests.labels(path, str(status)).inc()
+        return handler
+
+    async def _generate(self, request: web.Request, path: str) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+            prompt = parse(path, body, self.tokenizer)
+        except (orjson.JSONDecodeError, BadRequest) as exc:
+            return _error(400, f"bad request: {exc}")
+        session_id = request.headers.get(self.config.session_header)
+        route = self._pd if self.config.pd else self._colocated
+        tried: list[str] = []
+        attempts = 1 + self.config.retries  # retried only before any byte was sent
+        for attempt in range(attempts):
+            try:
+                return await route(request, path, prompt, session_id, tried)
+            except NoCandidate:
+                role = "prefill/decode" if self.config.pd else "colocated"
+                return _error(503, f"no healthy {role} instance")
+            except UpstreamError as exc:
+                logger.warning("attempt %d of %s failed: %s", attempt + 1, path, exc)
+                if attempt + 1 < attempts:
+                    self.metrics.retries.inc()
+                    continue
+                return _error(502, f"upstream failed: {exc}")
+        raise AssertionError("unreachable")
+
+    async def _colocated(self, request: web.Request, path: str, prompt: Prompt,
+                         session_id: str | None, tried: list[str]) -> web.StreamResponse:
+        decision, worker, hit = self._decide("colocated", prompt, session_id, tried)
+        tried.append(worker.id)
+        # Accounted before a migration runs, so concurrent decisions see the pages coming.
+        self._account("colocated", worker, hit, prompt)
+        if decision.migrate_from:
+            await self._migrate(decision, prompt, worker)
+        try:
+            return await self._proxy(request, worker, path, prompt.body, prompt.stream)
+        finally:
+            worker.finished()
+
+    async def _pd(self, request: web.Request, path: str, prompt: Prompt,
+                  session_id: str | None, tried: list[str]) -> web.StreamResponse:
+        pdec, prefill, phit = self._decide("prefill", prompt, session_id, tried)
+        _ddec, decode, dhit = self._decide("decode", prompt, session_id, tried)
+        tried += [prefill.id, decode.id]
+        self._account("prefill", prefill, phit, prompt)
+        self._account("decode", decode, dhit, prompt)
+        if pdec.migrate_from:
+            await self._migrate(pdec, prompt, prefill)
+        body = prompt.body | {"bootstrap_host": prefill.host,
+                              "bootstrap_port": prefill.bootstrap_port,
+                              "bootstrap_room": random.getrandbits(63)}
+        prefill_done = asyncio.create_task(self._prefill(prefill, path, body))
+        try:
+            return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
+                                     {"X-MemServe-Prefill": prefill.id})
+        finally:
+            decode.finished()
+            if not prefill_done.done():
+                # Decode answered; prefill's own response (discarded) ends on its own.
+                prefill_done.add_done_callback(lambda _t: prefill.finished())
+            else:
+                prefill.finished()
+
+    async def _prefill(self, worker: Worker, path: str, body: dict) -> str | None:
+        """Send the prefill half; returns an error message, or None when prefill succeeded."""
+        assert self.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
+        try:
+            async with self.session.post(f"{worker.url}{path}", json=body,
+                                         timeout=timeout) as r:
+                data = await r.read()
+                if r.status != 200:
+                    return f"prefill {worker.id} answered HTTP {r.status}: {data[:300]!r}"
+                return None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return f"prefill {worker.id} failed: {exc!r}"
+
+    # ---- forwarding -----------------------------------------------------------------------
+
+    async def _proxy(self, request: web.Request, worker: Worker, path: str, body: dict,
+                     stream: bool, prefill: asyncio.Task | None = None,
+                     headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """Forward to ``worker``; a failure before the first byte raises UpstreamError, one after
+        ends the stream with an error event (never a hang). In PD, a prefill that fails first
+        aborts the decode request."""
+        assert self.session is not None
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
+        role = worker.role
+        # Which instance served it: a debugging aid, and what the tests assert on.
+        served = {"X-MemServe-Instance": worker.id, **(headers or {})}
+        try:
+            upstream_cm = self.session.post(f"{worker.url}{path}", json=body, timeout=timeout)
+            upstream = await _race(upstream_cm.__aenter__(), prefill)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"{worker.id}: {exc!r}") from exc
+        except _PrefillFailed as exc:
+            return _error(502, str(exc))
+        try:
+            if not stream or upstream.status != 200:
+                try:
+                    data = await _race(upstream.read(), prefill)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise UpstreamError(f"{worker.id}: {exc!r}") from exc
+                except _PrefillFailed as exc:
+                    return _error(502, str(exc))
+                if upstream.status == 200:
+                    self._actual_hit(role, data)
+                return web.Response(body=data, status=upstream.status, headers=served,
+                                    content_type=upstream.content_type or "application/json")
+            resp = web.StreamResponse(status=200, headers={
+                "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
+                "Cache-Control": "no-cache", **served})
+            await resp.prepare(request)
+            last = b""
+            try:
+                while True:
+                    chunk = await _race(upstream.content.readany(), prefill)
+                    if not chunk:
+                        break
+                    last = _last_event(last, chunk)
+                    await resp.write(chunk)
+            except (TimeoutError, aiohttp.ClientError, _PrefillFailed) as exc:
+                msg = orjson.dumps({"error": {"message": f"{worker.id} failed mid-stream: {exc}",
+                                              "code": 502}})
+                await resp.write(b"data: " + msg + b"\n\ndata: [DONE]\n\n")
+            else:
+                self._actual_hit(role, last)
+            await resp.write_eof()
+            return resp
+        finally:
+            await upstream_cm.__aexit__(None, None, None)
+
+    def _actual_hit(self, role: str, data: bytes) -> None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, list):
+            obj = obj[0] if obj else {}
+        if not isinstance(obj, dict):
+            return
+        cached = (obj.get("meta_info") or {}).get("cached_tokens")
+        if cached is None:
+            cached = ((obj.get("usage") or {}).get("prompt_tokens_details") or {}).get(
+                "cached_tokens")
+        if isinstance(cached, int):
+            self.metrics.actual_hit.labels("decode" if role == "decode" else role).inc(cached)
+
+    # ---- other routes ---------------------------------------------------------------------
+
+    def _any_worker(self) -> Worker | None:
+        assert self.cluster is not None
+        for role in ("colocated", "prefill", "decode"):
+            members = self.cluster.members(role)
+            if members:
+                return members[0]
+        return None
+
+    async def _info(self, request: web.Request) -> web.StreamResponse:
+        worker = self._any_worker()
+        if worker is None:
+            return _error(503, "no healthy instance")
+        assert self.session is not None
+        try:
+            async with self.session.get(f"{worker.url}{request.path_qs}") as r:
+                return web.Response(body=await r.read(), status=r.status,
+                                    content_type=r.content_type or "application/json")
+        except aiohttp.ClientError as exc:
+            return _error(502, f"{worker.id}: {exc!r}")
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readiness(self, _request: web.Request) -> web.Response:
+        assert self.cluster is not None
+        need = ("prefill", "decode") if self.config.pd else ("colocated",)
+        counts = {role: len(self.cluster.members(role)) for role in need}
+        ready = all(counts.values())
+        return web.json_response({"ready": ready, "healthy_workers": sum(counts.values()),
+                                  "by_role": counts, "pending": [s.url for s in self._pending]},
+                                 status=200 if ready else 503)
+
+    async def _flush_cache(self, _request: web.Request) -> web.Response:
+        """Flush every instance's cache; their trees are resynced from fresh snapshots."""
+        assert self.cluster is not None and self.session is not None
+        workers = [w for w in self.cluster.workers.values() if w.healthy]
+
+        async def flush(w: Worker) -> int:
+            try:
+                async with self.session.post(f"{w.url}/flush_cache") as r:
+                    await r.read()
+                    return r.status
+            except aiohttp.ClientError:
+                return 502
+
+        statuses = await asyncio.gather(*(flush(w) for w in workers))
+        for w in workers:
+            self.cluster.resync(w.id)
+        failed = {w.id: s for w, s in zip(workers, statuses, strict=True) if s != 200}
+        if failed:
+            return _error(502, f"flush failed on {failed}")
+        return web.json_response({"flushed": [w.id for w in workers]})
+
+    async def _route_debug(self, request: web.Request) -> web.Response:
+        """``POST /route?path=/generate`` with a request body: the decision, explained, without
+        forwarding anything (and without predicting its pages)."""
+        path = request.query.get("path", "/generate")
+        if path not in GENERATE_ROUTES:
+            return _error(400, f"path must be one of {GENERATE_ROUTES}")
+        try:
+            prompt = parse(path, orjson.loads(await request.read()), self.tokenizer)
+        except (orjson.JSONDecodeError, BadRequest) as exc:
+            return _error(400, f"bad request: {exc}")
+        roles = ("prefill", "decode") if self.config.pd else ("colocated",)
+        session_id = request.headers.get(self.config.session_header)
+        out: dict[str, Any] = {"tokens": len(prompt.tokens)}
+        try:
+            for role in roles:
+                out[role] = self._decide(role, prompt, session_id, explain=True)[0].explain()
+        except NoCandidate:
+            return _error(503, "no healthy instance")
+        return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def _list_workers(self, _request: web.Request) -> web.Response:
+        assert self.cluster is not None
+        return web.json_response({"workers": [w.describe() for w in self.cluster.workers.values()],
+                                  "pending": [s.url for s in self._pending]})
+
+    async def _add_worker(self, request: web.Request) -> web.Response:
+        try:
+            obj = orjson.loads(await request.read())
+            spec = WorkerSpec(url=obj["url"], role=obj.get("role", "colocated"),
+                              bootstrap_port=obj.get("bootstrap_port"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return _error(400, f"need {{url, role?, bootstrap_port?}}: {exc}")
+        if (spec.role == "colocated") == self.config.pd:
+            return _error(400, f"a {'PD' if self.config.pd else 'colocated'} router does not "
+                               f"take {spec.role} instances")
+        try:
+            worker = await self._join(spec)
+        except WorkerError as exc:
+            return _error(409 if "already" in str(exc) else 400, str(exc))
+        return web.json_response(worker.describe(), status=201)
+
+    async def _remove_worker(self, request: web.Request) -> web.Response:
+        assert self.cluster is not None
+        wid = request.match_info["wid"]
+        try:
+            worker = self.cluster.leave(wid)
+        except KeyError:
+            return _error(404, f"no worker {wid!r}")
+        return web.json_response({"removed": worker.id})
+
+    async def _worker_tree(self, request: web.Request) -> web.Response:
+        """The router's mirror of one instance's tree: ``{"entries": [[page path tokens, tier,
+        page id], ...]}`` (split-independent; what tests compare with the instance's snapshot)."""
+        assert self.cluster is not None
+        wid = request.match_info["wid"]
+        worker = self.cluster.workers.get(wid)
+        if worker is None:
+            return _error(404, f"no worker {wid!r}")
+        tree = self.cluster.trees.get(worker.role)
+        view = tree.snapshot_of(wid) if tree is not None else {}
+        entries = [[[t for page in path for t in page], tier, pid]
+                   for path, tiers in view.items() for tier, pid in tiers.items()]
+        return web.json_response({"entries": entries}, dumps=_dumps)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            content_type="text/plain", charset="utf-8")
+
+    def _gauges(self) -> dict[str, tuple[tuple[str, ...], dict]]:
+        cluster = self.cluster
+        if cluster is None:
+            return {}
+        wl = ("instance", "role")
+        load, inflight, pages = {}, {}, {}
+        for w in cluster.workers.values():
+            key = (w.id, w.role)
+            load[key] = w.load().requests
+            inflight[key] = w.inflight
+            tree = cluster.trees.get(w.role)
+            pages[key] = tree.pages_of(w.id) if tree else 0
+        feed = {}
+        for wid, st in cluster.feed.stats().items():
+            for name in ("messages", "events", "pages", "gaps", "resyncs", "bytes"):
+                feed.setdefault(f"memserve_router_event_{name}", {})[(wid,)] = getattr(st, name)
+        return {"memserve_router_instance_load": (wl, load),
+                "memserve_router_instance_inflight": (wl, inflight),
+                "memserve_router_tree_pages": (wl, pages),
+                **{k: (("instance",), v) for k, v in feed.items()}}
+
+
+class _PrefillFailed(RuntimeError):
+    """The prefill half of a PD request failed (its decode half is then abandoned)."""
+
+
+async def _race(coro: Awaitable[Any], prefill: asyncio.Task | None) -> Any:
+    """Await ``coro``; if ``prefill`` ends first with an error message, raise _PrefillFailed."""
+    if prefill is None or prefill.done() and prefill.result() is None:
+        return await coro
+    if prefill.done():
+        raise _PrefillFailed(prefill.result())
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task, prefill}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    err = prefill.result()
+    if err is None:
+        return await task
+    task.cancel()
+    raise _PrefillFailed(err)
+
+
+def _last_event(prev: bytes, chunk: bytes) -> bytes:
+    """The last complete SSE ``data:`` payload seen so far (it carries meta_info / usage)."""
+    for line in reversed(chunk.split(b"\n")):
+        line = line.strip()
+        if line.startswith(b"data:") and line != b"data: [DONE]":
+            return line[5:].strip()
+    return prev
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def run(config: RouterConfig) -> None:
+    """Serve until interrupted (on uvloop when it is installed)."""
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(Router(config).app(), host=config.host, port=config.port, access_log=None,
+                loop=loop, print=lambda *_a: logger.info(
+                    "memserve-router listening on http://%s:%d", config.host, config.port))

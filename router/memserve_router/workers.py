@@ -1,0 +1,123 @@
+"""What the router knows of each instance: identity, endpoints, health and load."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from memserve_router.config import WorkerSpec
+from memserve_router.policies import Load
+
+
+class WorkerError(ValueError):
+    """An instance cannot join: unreachable, inconsistent with the cluster, or a duplicate."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What an instance says of itself (``/server_info``, ``/get_model_info``).
+
+    Attributes:
+        instance_id: MemServe's instance id (``None``: a stock SGLang server).
+        page_size: tokens per KV page.
+        events: ZMQ PUB endpoint of its KV events (``None``: no events, approximate tree).
+        control: its MemPool control channel (snapshots, ``kv_push``).
+        model_path: the model it serves.
+        bootstrap_port: prefill: SGLang's disaggregation bootstrap port.
+    """
+
+    instance_id: str | None
+    page_size: int
+    events: str | None
+    control: str | None
+    model_path: str | None
+    bootstrap_port: int | None
+
+    @classmethod
+    def from_server_info(cls, info: dict, model_info: dict) -> WorkerInfo:
+        states = info.get("internal_states") or [{}]
+        ms = dict(states[0].get("memserve") or {})
+        endpoints = ms.get("endpoints") or {}
+        port = info.get("disaggregation_bootstrap_port")
+        return cls(
+            instance_id=ms.get("instance_id"),
+            page_size=int(ms.get("page_size") or info.get("page_size") or 1),
+            events=endpoints.get("events"),
+            control=endpoints.get("control"),
+            model_path=model_info.get("model_path"),
+            bootstrap_port=int(port) if port else None,
+        )
+
+
+@dataclass
+class Worker:
+    """One instance in the router's rotation. Mutated only on the router's event loop.
+
+    Attributes:
+        id: the name the trees and the metrics use (MemServe's instance id, else the URL).
+        spec: how it was added. info: what it said of itself when it joined.
+        healthy: in rotation. failures: consecutive failed health checks.
+        polled: its last ``/v1/loads`` core figures.
+        inflight: requests the router sent it that have not finished.
+        busy_until: when the prefill work the router queued on it should be done
+            (monotonic seconds; the ``memserve`` policy's queue wait).
+    """
+
+    id: str
+    spec: WorkerSpec
+    info: WorkerInfo
+    healthy: bool = True
+    failures: int = 0
+    polled: dict[str, float] = field(default_factory=dict)
+    inflight: int = 0
+    busy_until: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.spec.url).hostname or "127.0.0.1"
+
+    @property
+    def bootstrap_port(self) -> int | None:
+        return self.spec.bootstrap_port or self.info.bootstrap_port
+
+    def load(self, now: float | None = None, polled_wait_s: float = 0.0) -> Load:
+        """Its load as the policies see it: polled figures plus the router's own counts; the
+        queue wait is the router's estimate or, if longer, ``polled_wait_s`` (the instance's
+        own queue, which includes requests that did not come through this router)."""
+        now = time.monotonic() if now is None else now
+        return Load(
+            running=int(self.polled.get("num_running_reqs", 0)),
+            queued=int(self.polled.get("num_waiting_reqs", 0)),
+            kv_usage=float(self.polled.get("token_usage", 0.0)),
+            inflight=self.inflight,
+            queue_wait_s=max(0.0, self.busy_until - now, polled_wait_s),
+        )
+
+    def queue_prefill(self, seconds: float, now: float | None = None) -> None:
+        """Account ``seconds`` of prefill work just routed to it (FCFS behind what is queued)."""
+        now = time.monotonic() if now is None else now
+        self.busy_until = max(self.busy_until, now) + seconds
+
+    def finished(self) -> None:
+        """One of its requests ended; an idle instance has no queue left."""
+        self.inflight = max(0, self.inflight - 1)
+        if self.inflight == 0:
+            self.busy_until = 0.0
+
+    def describe(self) -> dict:
+        """JSON-able view for ``GET /workers``; read-only."""
+        return {
+            "id": self.id, "url": self.url, "role": self.role, "healthy": self.healthy,
+            "bootstrap_port": self.bootstrap_port, "page_size": self.info.page_size,
+            "events": self.info.events, "control": self.info.control,
+            "inflight": self.inflight, "load": self.polled,
+        }
