@@ -29,6 +29,9 @@ WATCH = ("sglang_memserve", "tree_core", "radix_cache", "record_", "kv_events", 
          "process_batch_result", "on_idle", "poll", "stream_output", "disaggregation")
 
 
+# Innermost frames of a thread that is blocked, not running: py-spy's idle filter does not see
+# these native waits, so they are counted apart (no CPU).
+WAITS = ("Poller.poll", "Condition.wait", "Event.wait", "Socket.recv", "time.sleep")
 # (category, frame substrings): a stack counts in the first category one of its frames matches.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("MemServe KV return (source worker: prepare RPC, Mooncake write, commit)",
@@ -42,7 +45,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("forward pass (run_batch)", ("Scheduler.run_batch",)),
     ("SGLang KV transfer (Mooncake, bootstrap)", ("MooncakeKV", "mooncake", "disaggregation/")),
     ("result processing + output streaming", ("process_batch_result", "stream_output")),
-    ("idle loop / polling", ("on_idle", "Poller.poll")),
+    ("idle loop / polling", ("on_idle",)),
 )
 
 
@@ -53,6 +56,10 @@ def breakdown(raw: Path) -> dict[str, int]:
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
+        leaf = stack.rsplit(";", 1)[-1]
+        if any(w in leaf for w in WAITS) and "run_batch" not in stack:
+            out["blocked in a wait (no CPU)"] += int(count)
+            continue
         name = next((c for c, subs in CATEGORIES if any(s in stack for s in subs)), "other")
         out[name] += int(count)
     return dict(out)
@@ -62,7 +69,7 @@ def breakdown_table(out_dir: Path, requests: int) -> str:
     """Markdown: ms of busy thread time per request, per category, one column per recording."""
     raws = sorted(p for p in out_dir.glob("*.txt") if not p.name.endswith(".summary.txt"))
     cols = [breakdown(r) for r in raws]
-    names = [c for c, _ in CATEGORIES] + ["other"]
+    names = [c for c, _ in CATEGORIES] + ["other", "blocked in a wait (no CPU)"]
     lines = ["| category | " + " | ".join(r.stem for r in raws) + " |",
              "|---|" + "---|" * len(raws)]
     for name in names + ["total"]:
