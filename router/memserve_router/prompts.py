@@ -33,6 +33,19 @@ class Prompt:
     stream: bool
 
 
+def _model_vocab(path: str) -> int | None:
+    """``vocab_size`` of the model's ``config.json`` (None when it has none)."""
+    import json
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    return int(size) if size else None
+
+
 def _int_list(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
@@ -57,6 +70,19 @@ class Tokenizer:
 
         self.path = path
         self.hf = AutoTokenizer.from_pretrained(path)
+        self.vocab_size = _model_vocab(path) or len(self.hf)
+
+    def check_ids(self, ids: list[int]) -> None:
+        """Refuse ids outside the model's vocabulary (the instance's embedding lookup would
+        fail on them, taking its scheduler down).
+
+        Raises:
+            BadRequest: an id < 0 or >= the vocabulary size.
+        """
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(t for t in ids if t < 0 or t >= self.vocab_size)
+            raise BadRequest(f"token id {bad} is outside the model's vocabulary "
+                             f"[0, {self.vocab_size})")
 
     def encode(self, text: str) -> list[int]:
         return list(self.hf(text)["input_ids"])
@@ -134,4 +160,10 @@ def parse(path: str, body: Any, tok: Tokenizer | None) -> Prompt:
     """
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    return PARSERS[path](body, tok)
+    prompt = PARSERS[path](body, tok)
+    if tok is not None:
+        batch = body.get("input_ids") if path == "/generate" else None
+        for ids in batch if isinstance(batch, list) and batch and isinstance(batch[0], list) \
+                else [prompt.tokens]:
+            tok.check_ids(ids)
+    return prompt

@@ -125,3 +125,23 @@ def test_shipped_tables_load() -> None:
 def test_device_table_name() -> None:
     assert device_table_name("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert device_table_name("NVIDIA H200") == "nvidia-h200"
+
+
+@pytest.mark.parametrize("name", ["cpu-bench", "nvidia-h100-80gb-hbm3"])
+def test_shipped_tables_never_charge_for_a_hit(name: str) -> None:
+    """Below the shortest measured prompt the rows are extrapolated with different slopes; a
+    cached prefix must still never look dearer than computing it (the router relies on it)."""
+    t = load_table(name)
+    for x in (2, 5, 9, 18, 31, 63, 100, 700, 5000):
+        miss = t.exec_time(x, 0)
+        for y in range(1, x, max(1, x // 13)):
+            assert t.exec_time(x, y) <= miss, (x, y)
+
+
+@pytest.mark.parametrize("name", ["cpu-bench", "nvidia-h100-80gb-hbm3"])
+def test_shipped_tables_monotone_in_the_hit_for_short_prompts(name: str) -> None:
+    """A longer cached prefix is never dearer than a shorter one, below the measured grid too."""
+    t = load_table(name)
+    for x in (3, 10, 22, 40, 63):
+        times = [t.exec_time(x, y) for y in range(x)]
+        assert all(a >= b for a, b in zip(times, times[1:], strict=False)), (x, times)

@@ -491,3 +491,15 @@ def test_memserve_matches_brute_force_on_random_clusters(table):
             src = next((h for h in cs if h.instance_id == e.migrate_from), None)
             again = p._estimate(x, c, min(c.hit_tokens, x), src, e.hit_tokens if src else 0)
             assert again.total_s == pytest.approx(e.total_s, rel=1e-12)
+
+
+def test_memserve_equal_estimates_keep_the_longer_hit() -> None:
+    """A short prompt whose hit saves nothing measurable still stays where its prefix is."""
+    policy = make_policy("memserve", PolicyConfig(migrate=False))
+    x = 18
+    cold = Candidate("cold", Load())
+    warm = Candidate("warm", Load(), hit_tokens=13)
+    assert policy.exec_s(x, 13) <= policy.exec_s(x, 0)  # never dearer (cost table guard)
+    for order in ([cold, warm], [warm, cold]):
+        for _ in range(3):
+            assert policy.select(RouteRequest(x), order).instance_id == "warm"

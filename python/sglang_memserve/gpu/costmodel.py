@@ -150,10 +150,17 @@ class CostTable:
         y = min(y, x - 1)
         frac = y / x
         xs = self._xs
+        if x < xs[0]:
+            # NOTE: the rows extrapolated below the shortest prompt have different slopes (a hit
+            # could come out dearer than a miss): scale the shortest row's hit profile instead.
+            miss = [self._row_time(i, 0.0) for i in range(len(xs))]
+            t = _interp([float(v) for v in xs], miss, float(x))
+            t = min(max(t, miss[0] * x / xs[0]), miss[0])
+            return max(t * self._row_time(0, frac) / miss[0], 0.0)
         per_x = [self._row_time(i, frac) for i in range(len(xs))]
         t = _interp([float(v) for v in xs], per_x, float(x))
-        if x < xs[0]:
-            t = min(max(t, per_x[0] * x / xs[0]), per_x[0])
+        if y > 0:
+            t = min(t, self.exec_time(x, 0))  # a cached prefix never costs time
         return max(t, 0.0)
 
     def prefix_saving(self, x: int, y: int) -> float:

@@ -11,7 +11,7 @@ For each candidate ``c`` (prompt of ``x`` tokens, ``c`` caching ``y`` of them)::
 ``config.load_per_request_s`` per request on ``c``: small, so that equal estimates spread over
 idle instances. An exact whole-prompt hit still computes one token (``y <= x - 1``). A migration
 is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_gain_s`` and
-every local option. Ties: fewer requests, then rotation by instance id. The sum is
+every local option. Ties: the longest hit, then fewer requests, then rotation by instance id. The sum is
 conservative: the transfer is not assumed to overlap the target's queue wait.
 
 Cost: one pass over the candidates plus, for each distinct hit length among them, a few exec
@@ -118,8 +118,11 @@ class MemServePolicy(Policy):
                     hb = holder.get(hit)
                     if hb is None or (t, r) < hb[:2]:
                         holder[hit] = (t, r, i)
-        pick = self._rotate(self._fewest_requests(
-            [c for c, t in zip(candidates, local, strict=True) if t <= best_local + _TIE_S]))
+        tied = [c for c, t in zip(candidates, local, strict=True) if t <= best_local + _TIE_S]
+        # Among equal estimates the longest hit wins: it keeps a conversation where its KV is
+        # (cost tables flatten out for short prompts, where a hit saves less than the noise).
+        longest = max(c.hit_tokens for c in tied)
+        pick = self._rotate(self._fewest_requests([c for c in tied if c.hit_tokens == longest]))
         chosen_mig = self._eligible_migration(migs, local, holder, best_local)
         if chosen_mig is not None:
             ti, src_hit = chosen_mig
