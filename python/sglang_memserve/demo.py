@@ -1,11 +1,14 @@
-"""The main job: start one MemServe instance on an embedded model and replay a few chats.
+"""The main job: a MemServe cluster on an embedded model, a few chats replayed through it.
 
-``python -m sglang_memserve.demo`` (``make demo``) starts a colocated instance on SmolLM2-135M-
-Instruct (``--model smollm2``, a real instruct model built from its PyPI wheel; ``tiny`` and
-``bench`` are random-weight models that answer noise), sends a handful of multi-turn
-conversations (ShareGPT from ``../shared/data`` when present, else the shipped sample) through the
-OpenAI-compatible chat API, each turn carrying the previous answers, and prints each answer with
-its time to first token (streamed) and how much of its prompt was served from the cache.
+``python -m sglang_memserve.demo`` (``make demo``) starts ``memserve-router`` in front of one
+prefill and one decode instance (PD-Caching-3: decode returns each finished request's KV to
+prefill, so the next turn hits on the answer too) on SmolLM2-135M-Instruct (``--model smollm2``, a
+real instruct model built from its PyPI wheel; ``tiny`` and ``bench`` are random-weight models
+that answer noise). It sends a handful of multi-turn conversations (ShareGPT from
+``../shared/data`` when present, else the shipped sample) through the router's OpenAI chat API,
+each turn carrying the previous answers, and prints each answer with its time to first token
+(streamed) and how much of its prompt was served from the cache, under a progress bar.
+``--colocated`` serves from one colocated instance instead (no router).
 
 :func:`replay_chats` does the replay against any base URL (one instance, or a router in front of
 several), so other entry points can reuse it.
@@ -15,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
+from tqdm import tqdm
 
 from sglang_memserve.cluster import ServerProcess
-from sglang_memserve.model import MODELS
+from sglang_memserve.model import MODELS, ensure_model
+from sglang_memserve.pd import PdCluster, PdOptions
+from sglang_memserve.pd.client import hit_tokens
 from sglang_memserve.workloads import Conversation, load_sharegpt
 
 
@@ -143,22 +151,49 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-chars", type=int, default=300,
                    help="cut each user turn to this many characters (ShareGPT turns can be long)")
+    p.add_argument("--colocated", action="store_true",
+                   help="one colocated instance instead of the router + prefill + decode cluster")
     p.add_argument("--log-dir", type=Path, default=None)
     args = p.parse_args()
 
     convs = load_sharegpt(limit=args.conversations, min_turns=2, max_turns=args.turns,
                           max_chars=args.max_chars)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="memserve-demo-"))
+    ensure_model(args.model)  # a first run builds the model (~30 s for smollm2)
     t0 = time.perf_counter()
-    server = ServerProcess(["--embedded-model", args.model], log_dir, name="memserve")
-    server.start(timeout=600)  # a first start also builds the model (~30 s for smollm2)
-    try:
-        print(f"MemServe instance on {args.model} up at {server.url} in "
-              f"{time.perf_counter() - t0:.1f}s (log: {server.log_path})")
-        results = replay_chats(server.url, convs, args.max_new_tokens)
+    with _serving(args, log_dir) as (url, what, prefill_url):
+        print(f"{what} on {args.model} up at {url} in {time.perf_counter() - t0:.1f}s "
+              f"(logs: {log_dir})")
+        before = hit_tokens(prefill_url) if prefill_url else 0
+        turns = sum(len(c.user_turns) for c in convs)
+        # The bar only where someone watches: piped output keeps just the per-turn lines.
+        with tqdm(total=turns, unit="turn", leave=False,
+                  disable=not sys.stderr.isatty()) as bar:
+            def emit(line: str) -> None:
+                tqdm.write(line)
+                if line.startswith("      TTFT"):
+                    bar.update(1)
+
+            results = replay_chats(url, convs, args.max_new_tokens, emit=emit)
         print("\n" + summary(results))
-    finally:
-        server.stop()
+        if prefill_url:
+            hit = hit_tokens(prefill_url) - before
+            prompt = sum(r.prompt_tokens for r in results)
+            print(f"prefill: {hit} of {prompt} prompt tokens came from its cache "
+                  f"({hit / max(prompt, 1):.0%}), earlier answers included (returned by decode)")
+
+
+@contextmanager
+def _serving(args: argparse.Namespace, log_dir: Path) -> Iterator[tuple[str, str, str | None]]:
+    """Yields (base URL, what serves it, the prefill instance's URL or None)."""
+    if args.colocated:
+        with ServerProcess(["--embedded-model", args.model], log_dir, name="memserve") as s:
+            yield s.url, "MemServe instance", None
+        return
+    options = PdOptions(stage="caching3", common_args=("--embedded-model", args.model),
+                        start_timeout=600.0)
+    with PdCluster(options, log_dir) as pd:
+        yield pd.url, "memserve-router + prefill + decode (PD-Caching-3)", pd.prefill.url
 
 
 if __name__ == "__main__":
