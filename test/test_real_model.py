@@ -1,5 +1,6 @@
 """The real embedded model (SmolLM2-135M-Instruct) through every serving path: colocated without
-a prefix cache, colocated with MemServe's cache, PD-Basic and PD-Caching-3.
+a prefix cache, colocated with MemServe's cache, PD-Basic and PD-Caching-3 (both behind
+memserve-router), and memserve-router in front of two colocated instances.
 
 On each path: a few factual questions whose greedy answers must name the expected word (ones a
 135M model is known to get right), and a three-turn chat whose later turns hit the cache where
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
 from sglang_memserve.demo import replay_chats
 from sglang_memserve.pd import PdCluster, PdOptions
 from sglang_memserve.pd.client import hit_tokens
@@ -65,11 +66,26 @@ def _pd(stage: str, model: Path, logs: Path) -> Iterator[Serving]:
         yield Serving(f"pd-{stage}", pd.url, cached=stage != "basic", prefill_url=pd.prefill.url)
 
 
+def _routed(model: Path, logs: Path) -> Iterator[Serving]:
+    """memserve-router in front of two colocated MemServe instances."""
+    servers = [ServerProcess(["--model-path", str(model)], logs, name=f"smollm2-routed-{i}")
+               for i in range(2)]
+    try:
+        for s in servers:
+            s.start(timeout=300)
+        with MemServeRouterProcess(["--worker-urls", *(s.url for s in servers)], logs) as r:
+            yield Serving("router-colocated", r.url, cached=True)
+    finally:
+        for s in servers:
+            s.stop()
+
+
 STARTERS = {
     "colocated-off": lambda m, logs: _colocated("off", m, logs),
     "colocated-memserve": lambda m, logs: _colocated("memserve", m, logs),
     "pd-basic": lambda m, logs: _pd("basic", m, logs),
     "pd-caching3": lambda m, logs: _pd("caching3", m, logs),
+    "router-colocated": _routed,
 }
 
 
@@ -78,6 +94,7 @@ STARTERS = {
     "colocated-memserve",
     pytest.param("pd-basic", marks=pytest.mark.slow),
     pytest.param("pd-caching3", marks=pytest.mark.slow),
+    "router-colocated",
 ])
 def path(request: pytest.FixtureRequest, smollm2_model: Path,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
