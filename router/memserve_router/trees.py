@@ -65,7 +65,9 @@ class _Timed:
     count: int
     instance: str
     tier: str
-    path: list[PageKey]
+    # NOTE: the flat token ids, not the page tuples: thousands of live entries would otherwise
+    # hold millions of small tuples that every garbage collection walks (it stalled routing).
+    tokens: tuple[int, ...]
     start: int
 
 
@@ -201,7 +203,8 @@ class GlobalTree:
         base = self._next_id
         self._next_id += count
         self.tree.set_loc(path, start, (instance_id, tier), range(base, base + count))
-        heapq.heappush(self._timed, _Timed(now + ttl_s, base, count, instance_id, tier, path,
+        flat = tokens if isinstance(tokens, tuple) else tuple(tokens)
+        heapq.heappush(self._timed, _Timed(now + ttl_s, base, count, instance_id, tier, flat,
                                            start))
         if tier == PREDICTED:
             self._predicted_live[instance_id] = self._predicted_live.get(instance_id, 0) + 1
@@ -250,7 +253,7 @@ class GlobalTree:
                 else:
                     self._predicted_live.pop(t.instance, None)
             loc, depth, emptied = (t.instance, t.tier), 0, []
-            for n, k in self.tree.match_pages(t.path).steps:
+            for n, k in self.tree.match(t.tokens).steps:
                 ids = n.locs.get(loc) if depth >= t.start and k == len(n.pages) else None
                 if ids and t.base <= ids[0] < t.base + t.count:  # not re-set since
                     del n.locs[loc]

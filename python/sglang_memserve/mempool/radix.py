@@ -113,8 +113,8 @@ class RadixTree:
 
     def to_pages(self, tokens: Sequence[int]) -> list[PageKey]:
         """Whole pages of ``tokens`` (a trailing partial page is ignored)."""
-        ps = self.page_size
-        return [tuple(tokens[i : i + ps]) for i in range(0, len(tokens) - ps + 1, ps)]
+        # zip over one iterator taken ps at a time: the page tuples are built in C.
+        return list(zip(*[iter(tokens)] * self.page_size, strict=False))
 
     def nodes(self) -> Iterator[Node]:
         """Every non-root node, parents before children."""
