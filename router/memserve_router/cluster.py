@@ -14,7 +14,7 @@ import aiohttp
 from memserve_router.config import RouterConfig, WorkerSpec
 from memserve_router.feed import EventFeed
 from memserve_router.policies import Candidate
-from memserve_router.trees import GlobalTree
+from memserve_router.trees import GlobalTree, PrefixHit
 from memserve_router.workers import Worker, WorkerError, WorkerInfo
 
 logger = logging.getLogger("memserve_router")
@@ -111,20 +111,28 @@ class Cluster:
 
     # ---- routing inputs -------------------------------------------------------------------
 
-    def candidates(self, role: str, tokens: Sequence[int]) -> list[Candidate]:
-        """Every healthy instance of ``role`` with its load and its cached prefix of ``tokens``
-        (one walk of the role's tree). Does not modify the trees."""
-        members = self.members(role)
+    def candidates(self, role: str, tokens: Sequence[int], exclude: Sequence[str] = (),
+                   keep: int | None = None, per_request_s: float = 1e-3) -> list[Candidate]:
+        """The healthy instances of ``role`` (less ``exclude``) with their load and cached
+        prefix of ``tokens`` (one walk of the role's tree). Does not modify the trees.
+
+        Args:
+            keep: if set, only the ``keep`` least loaded instances of each distinct cached
+                prefix are returned (load: queue wait + requests x ``per_request_s``): for the
+                ``memserve`` policy, which judges an instance by its hit and that load alone,
+                the others cannot win (large clusters).
+        """
         tree = self.trees.get(role)
         hits = tree.match(tokens) if tree is not None and tokens else {}
         now = time.monotonic()
+        members = [w for w in self.workers.values()
+                   if w.role == role and w.healthy and w.id not in exclude]
+        if keep is not None and len(members) > 4 * keep:
+            members = _least_loaded_per_hit(members, hits, keep, now, per_request_s)
         out = []
         for w in members:
             h = hits.get(w.id)
-            waiting = int(w.polled.get("num_waiting_uncached_tokens", 0))
-            polled_wait = self.exec_time(waiting, 0) if waiting > 0 else 0.0
-            out.append(Candidate(w.id, w.load(now, polled_wait),
-                                 hit_tokens=h.tokens if h else 0,
+            out.append(Candidate(w.id, w.load(now), hit_tokens=h.tokens if h else 0,
                                  host_tokens=h.host_tokens if h else 0))
         return out
 
@@ -224,6 +232,8 @@ class Cluster:
                     "num_waiting_uncached_tokens")
             w.polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
             w.polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+            waiting = int(w.polled["num_waiting_uncached_tokens"])
+            w.polled_wait_s = self.exec_time(waiting, 0) if waiting > 0 else 0.0
 
     def resync(self, wid: str) -> None:
         """Forget what the router mirrors of ``wid`` and take a fresh snapshot (after a flush)."""
@@ -236,3 +246,29 @@ class Cluster:
             tree.remove_instance(wid)
             if w.info.events and w.info.control and w.healthy:
                 self.feed.add(wid, tree, w.info.events, w.info.control)
+
+
+def _least_loaded_per_hit(members: list[Worker], hits: dict[str, PrefixHit], keep: int,
+                          now: float, per_request_s: float) -> list[Worker]:
+    """The ``keep`` least loaded members (queue wait + requests x ``per_request_s``) of each
+    distinct hit."""
+    best: dict[tuple[int, int], list[tuple[float, int, Worker]]] = {}
+    for i, w in enumerate(members):
+        h = hits.get(w.id)
+        key = (h.tokens, h.host_tokens) if h else (0, 0)
+        wait = w.busy_until - now
+        if w.polled_wait_s > wait:
+            wait = w.polled_wait_s
+        polled = w.polled
+        r = int(polled.get("num_running_reqs", 0) + polled.get("num_waiting_reqs", 0))
+        r = r if r > w.inflight else w.inflight
+        # The memserve policy's own terms: queue wait plus a small cost per request.
+        score = ((wait if wait > 0 else 0.0) + r * per_request_s, i, w)
+        group = best.get(key)
+        if group is None:
+            best[key] = [score]
+        elif len(group) < keep:
+            group.append(score)
+        elif score < max(group):
+            group[group.index(max(group))] = score
+    return [entry[2] for group in best.values() for entry in group]

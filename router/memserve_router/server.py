@@ -162,12 +162,16 @@ class Router:
         assert self.cluster is not None
         t0 = time.perf_counter()
         tree = self.cluster.trees.get(role)
-        cands = [c for c in self.cluster.candidates(role, prompt.tokens)
-                 if c.instance_id not in exclude]
+        policy = self.policies[role]
+        # memserve judges an instance by its hit and load alone: of instances with the same
+        # hit only the least loaded can win, so a large cluster passes just those.
+        keep = 2 if policy.name == "memserve" else None
+        cands = self.cluster.candidates(role, prompt.tokens, exclude, keep,
+                                        policy.config.load_per_request_s)
         explain = explain or logger.isEnabledFor(logging.DEBUG)
         req = RouteRequest(num_tokens=max(1, len(prompt.tokens)), session_id=session_id,
                            page_size=tree.page_size if tree else 1, explain=explain)
-        decision = self.policies[role].select(req, cands)
+        decision = policy.select(req, cands)
         self.metrics.decision.observe(time.perf_counter() - t0)
         if explain:
             logger.debug("route %s %d tokens: %s", role, len(prompt.tokens), decision.explain())

@@ -62,6 +62,8 @@ class Worker:
         inflight: requests the router sent it that have not finished.
         busy_until: when the prefill work the router queued on it should be done
             (monotonic seconds; the ``memserve`` policy's queue wait).
+        polled_wait_s: the prefill time of the uncached tokens waiting in its own queue, as of
+            the last poll (it counts requests that did not come through this router).
     """
 
     id: str
@@ -72,6 +74,7 @@ class Worker:
     polled: dict[str, float] = field(default_factory=dict)
     inflight: int = 0
     busy_until: float = 0.0
+    polled_wait_s: float = 0.0
 
     @property
     def url(self) -> str:
@@ -89,17 +92,16 @@ class Worker:
     def bootstrap_port(self) -> int | None:
         return self.spec.bootstrap_port or self.info.bootstrap_port
 
-    def load(self, now: float | None = None, polled_wait_s: float = 0.0) -> Load:
+    def load(self, now: float | None = None) -> Load:
         """Its load as the policies see it: polled figures plus the router's own counts; the
-        queue wait is the router's estimate or, if longer, ``polled_wait_s`` (the instance's
-        own queue, which includes requests that did not come through this router)."""
+        queue wait is the router's estimate or, if longer, the polled one."""
         now = time.monotonic() if now is None else now
         return Load(
             running=int(self.polled.get("num_running_reqs", 0)),
             queued=int(self.polled.get("num_waiting_reqs", 0)),
             kv_usage=float(self.polled.get("token_usage", 0.0)),
             inflight=self.inflight,
-            queue_wait_s=max(0.0, self.busy_until - now, polled_wait_s),
+            queue_wait_s=max(0.0, self.busy_until - now, self.polled_wait_s),
         )
 
     def queue_prefill(self, seconds: float, now: float | None = None) -> None:
