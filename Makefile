@@ -1,5 +1,5 @@
 # The two commands a new user needs (see README):
-#   make demo  -- install, start one MemServe instance on the embedded model, replay a few chats
+#   make demo  -- install, start memserve-router + prefill + decode on SmolLM2, replay a few chats
 #   make test  -- install, run the default test set (slow tests: make test-slow)
 PY := .venv/bin/python
 
