@@ -261,3 +261,22 @@ def test_out_of_vocabulary_ids_are_refused_and_the_instance_lives(colo: Colo) ->
         assert r.status_code == 400 and "vocabulary" in r.json()["error"]["message"], r.text
     for server in (colo.a, colo.b):
         generate(server.url, [5, 6, 7])
+
+
+def test_bench_serving_through_the_router(colo: Colo, tiny_model: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+           "--base-url", colo.router.url, "--tokenizer", str(tiny_model),
+           "--model", str(tiny_model), "--dataset-name", "random-ids",
+           "--random-input-len", "64", "--random-output-len", "8", "--random-range-ratio", "1",
+           "--num-prompts", "12", "--request-rate", "inf", "--output-file", str(out),
+           "--disable-tqdm", "--flush-cache"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["completed"] == 12  # bench_serving counts only successful requests
+    assert result["total_output_tokens"] == 12 * 8
