@@ -106,6 +106,7 @@ class EventFeed:
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self._sources: dict[str, _Source] = {}
         self._by_topic: dict[bytes, _Source] = {}
+        self._connected: set[str] = set()
         self._running = False
         self._closed = False
 
@@ -122,7 +123,9 @@ class EventFeed:
         self._sources[instance_id] = src
         self._by_topic[topic_of(instance_id)] = src
         self._sock.setsockopt(zmq.SUBSCRIBE, topic_of(instance_id))
-        self._sock.connect(events_endpoint)
+        if events_endpoint not in self._connected:
+            self._sock.connect(events_endpoint)
+            self._connected.add(events_endpoint)
         if self._running:
             self._start_resync(src)
 
@@ -134,10 +137,9 @@ class EventFeed:
             return
         del self._by_topic[topic_of(instance_id)]
         self._sock.setsockopt(zmq.UNSUBSCRIBE, topic_of(instance_id))
-        try:
-            self._sock.disconnect(src.events_endpoint)
-        except zmq.ZMQError:
-            pass  # never connected
+        # NOTE: the connection stays (unsubscribed, it delivers nothing): disconnecting while a
+        # message of that pipe is being read aborted the process in libzmq (fq.cpp "!_more");
+        # a later add() of the same endpoint reuses it.
         if src.task is not None:
             src.task.cancel()
         src.tree.remove_instance(instance_id)

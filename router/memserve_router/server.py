@@ -75,6 +75,7 @@ class Router:
         self.cluster: Cluster | None = None
         self._pending: list[WorkerSpec] = []
         self._join_task: asyncio.Task | None = None
+        self._tokenizer_lock = asyncio.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -131,9 +132,11 @@ class Router:
     async def _join(self, spec: WorkerSpec) -> Worker:
         assert self.cluster is not None
         worker = await self.cluster.join(spec)
-        if self.tokenizer is None:
+        # NOTE: one load at a time: instances join concurrently, and importing transformers
+        # from several executor threads at once fails ("cannot import name ...").
+        async with self._tokenizer_lock:
             path = self.config.tokenizer_path or self.cluster.model_path
-            if path:
+            if self.tokenizer is None and path:
                 loop = asyncio.get_running_loop()
                 try:
                     self.tokenizer = await loop.run_in_executor(None, Tokenizer, path)

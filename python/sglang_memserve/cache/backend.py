@@ -83,7 +83,7 @@ class MemServeRadixCache(UnifiedRadixCache):
                                          timeout_s=config.peer_timeout_s)
         handlers.update(self.memserve_peer.handlers())
         self.memserve_control = RpcServer(config.instance_id, config.host, config.control_port,
-                                          handlers)
+                                          handlers, slow_ops=frozenset({"kv_push"}))
 
     def memserve_check(self) -> dict[str, Any]:
         """MemPool's integrity check over SGLang's memory (scheduler thread): per tier free,

@@ -2,11 +2,13 @@
 
 Messages are orjson dicts. A reply is ``{"ok": true, "instance": ID, ...}`` or ``{"ok": false,
 "instance": ID, "error": TYPE, "message": TEXT}``; :func:`rpc_call` turns the latter back into the
-typed error. The server runs one thread with a ROUTER socket bound to the configured host.
+typed error. The server runs one thread with a ROUTER socket bound to the configured host; ops
+named slow run on threads of their own.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +31,11 @@ class RpcServer:
         handlers: op name -> function(message) -> reply fields. A raised
             :class:`MemPoolError` becomes an error reply.
         on_idle: called about every ``idle_s`` (e.g. to reap expired transfers).
+        slow_ops: ops whose handlers may wait long (a whole KV push): each runs on a worker
+            thread and is answered when it finishes, while the loop keeps serving the others.
+            NOTE: without this two instances pushing to each other deadlock until both time
+            out -- each one's only thread waits for its own push, whose ``kv_prepare`` the
+            other's busy thread cannot answer.
     """
 
     def __init__(
@@ -40,9 +47,12 @@ class RpcServer:
         *,
         on_idle: Callable[[], None] | None = None,
         idle_s: float = 0.1,
+        slow_ops: frozenset[str] = frozenset(),
     ) -> None:
         self.instance_id = instance_id
         self.handlers = handlers
+        self.slow_ops = slow_ops
+        self._done: queue.SimpleQueue[tuple[list[bytes], dict]] = queue.SimpleQueue()
         self._on_idle = on_idle
         self._idle_ms = int(idle_s * 1000)
         self._ctx = zmq.Context()
@@ -53,6 +63,13 @@ class RpcServer:
         else:
             port = self._sock.bind_to_random_port(f"tcp://{host}")
         self.endpoint = f"tcp://{host}:{port}"
+        # Slow handlers' threads signal the loop on this pair (ZMQ sockets are single-thread).
+        wake = f"inproc://rpc-wake-{id(self)}"
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(wake)
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(wake)
+        self._wake_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"rpc-{instance_id}", daemon=True)
         self._thread.start()
@@ -60,16 +77,42 @@ class RpcServer:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if poller.poll(self._idle_ms):
+                ready = dict(poller.poll(self._idle_ms))
+                if self._wake_rx in ready:
+                    self._wake_rx.recv()
+                    while not self._done.empty():
+                        frames, reply = self._done.get()
+                        self._sock.send_multipart([*frames[:-1], orjson.dumps(reply)])
+                if self._sock in ready:
                     frames = self._sock.recv_multipart()
-                    reply = self._handle(frames[-1])
-                    self._sock.send_multipart([*frames[:-1], orjson.dumps(reply)])
+                    if self._op(frames[-1]) in self.slow_ops:
+                        threading.Thread(target=self._slow, args=(frames,), daemon=True,
+                                         name=f"rpc-slow-{self.instance_id}").start()
+                    else:
+                        reply = self._handle(frames[-1])
+                        self._sock.send_multipart([*frames[:-1], orjson.dumps(reply)])
                 if self._on_idle is not None:
                     self._on_idle()
         finally:
             self._sock.close(0)
+            self._wake_rx.close(0)
+            self._wake_tx.close(0)
+
+    @staticmethod
+    def _op(raw: bytes) -> str | None:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return msg.get("op") if isinstance(msg, dict) else None
+
+    def _slow(self, frames: list[bytes]) -> None:
+        self._done.put((frames, self._handle(frames[-1])))
+        with self._wake_lock:
+            self._wake_tx.send(b"")
 
     def _handle(self, raw: bytes) -> dict:
         try:
