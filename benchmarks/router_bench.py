@@ -49,6 +49,8 @@ from sglang_memserve.workloads.trace import load_trace, trace_prompts
 # Router configurations: (label, how to start it in front of the instance URLs).
 ROUTERS: dict[str, tuple[str, list[str]]] = {
     "memserve": ("memserve-router (memserve policy)", ["--policy", "memserve"]),
+    "memserve-nomig": ("memserve-router (memserve policy, no migration)",
+                       ["--policy", "memserve", "--no-migrate"]),
     "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),
     "sglang-cache-aware": ("sglang-router cache_aware", ["--policy", "cache_aware"]),
     "sglang-rr": ("sglang-router round_robin", ["--policy", "round_robin"]),
@@ -178,7 +180,9 @@ def run_hits(a: argparse.Namespace) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = ensure_model("tiny")
     trace = load_trace(None if a.trace is None else Path(a.trace), limit=a.requests)
-    prompts = trace_prompts(trace, block_tokens=a.block_tokens, vocab=(10, 1000))
+    # The tiny model's context is 2,048 tokens: longer prompts are cut (same cut for everyone).
+    prompts = [p[:a.max_prompt_tokens] for p in
+               trace_prompts(trace, block_tokens=a.block_tokens, vocab=(10, 1000))]
     arrivals = [r.arrival_s / a.speedup for r in trace]
     page = a.block_tokens
     results: dict[str, Any] = {"args": vars(a), "sizes": {}}
@@ -355,6 +359,7 @@ def main() -> None:
     h.add_argument("--requests", type=int, default=2000)
     h.add_argument("--instances", type=int, default=4)
     h.add_argument("--block-tokens", type=int, default=16)
+    h.add_argument("--max-prompt-tokens", type=int, default=2000)
     h.add_argument("--kv-tokens", type=int, nargs="+", default=[131072, 8192])
     h.add_argument("--speedup", type=float, default=8.0,
                    help="replay the trace this many times faster than recorded")

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="KV transfer cost per page over the link in use (default: the table's)")
     p.add_argument("--no-migrate", action="store_true",
                    help="never move KV between instances (recompute instead)")
+    p.add_argument("--min-migrate-gain-secs", type=float, default=0.05,
+                   help="a migration must beat serving locally by this much (its fixed cost)")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)
@@ -104,7 +106,8 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             prefill_policy=a.prefill_policy, decode_policy=a.decode_policy,
             host=a.host, port=a.port, api_key=a.api_key, tokenizer_path=a.tokenizer_path,
             cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
-            migrate=not a.no_migrate, cache_threshold=a.cache_threshold,
+            migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
+            cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,
             balance_rel_threshold=a.balance_rel_threshold,
             health_interval_s=a.health_check_interval_secs,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -124,15 +123,14 @@ class Cluster:
         """
         tree = self.trees.get(role)
         hits = tree.match(tokens) if tree is not None and tokens else {}
-        now = time.monotonic()
         members = [w for w in self.workers.values()
                    if w.role == role and w.healthy and w.id not in exclude]
         if keep is not None and len(members) > 4 * keep:
-            members = _least_loaded_per_hit(members, hits, keep, now, per_request_s)
+            members = _least_loaded_per_hit(members, hits, keep, per_request_s)
         out = []
         for w in members:
             h = hits.get(w.id)
-            out.append(Candidate(w.id, w.load(now), hit_tokens=h.tokens if h else 0,
+            out.append(Candidate(w.id, w.load(), hit_tokens=h.tokens if h else 0,
                                  host_tokens=h.host_tokens if h else 0))
         return out
 
@@ -205,7 +203,7 @@ class Cluster:
             logger.warning("%s answers /health but not /server_info: %s", w.id, exc)
             return
         w.info = info
-        w.inflight, w.busy_until, w.healthy = 0, 0.0, True
+        w.inflight, w.pending_s, w.healthy = 0, 0.0, True
         tree = self.trees.get(w.role)
         if info.events and info.control and tree is not None:
             self.feed.add(w.id, tree, info.events, info.control)
@@ -249,21 +247,19 @@ class Cluster:
 
 
 def _least_loaded_per_hit(members: list[Worker], hits: dict[str, PrefixHit], keep: int,
-                          now: float, per_request_s: float) -> list[Worker]:
+                          per_request_s: float) -> list[Worker]:
     """The ``keep`` least loaded members (queue wait + requests x ``per_request_s``) of each
     distinct hit."""
     best: dict[tuple[int, int], list[tuple[float, int, Worker]]] = {}
     for i, w in enumerate(members):
         h = hits.get(w.id)
         key = (h.tokens, h.host_tokens) if h else (0, 0)
-        wait = w.busy_until - now
-        if w.polled_wait_s > wait:
-            wait = w.polled_wait_s
+        wait = w.pending_s if w.pending_s > w.polled_wait_s else w.polled_wait_s
         polled = w.polled
         r = int(polled.get("num_running_reqs", 0) + polled.get("num_waiting_reqs", 0))
         r = r if r > w.inflight else w.inflight
         # The memserve policy's own terms: queue wait plus a small cost per request.
-        score = ((wait if wait > 0 else 0.0) + r * per_request_s, i, w)
+        score = (wait + r * per_request_s, i, w)
         group = best.get(key)
         if group is None:
             best[key] = [score]

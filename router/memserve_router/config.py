@@ -47,6 +47,9 @@ class RouterConfig:
         cost_table: cost table of the ``memserve`` policy (name or path).
         transfer_per_page_s: the link's cost per KV page (overrides the table's).
         migrate: let the ``memserve`` policy move KV between instances (``kv_push``).
+        min_migrate_gain_s: a migration must beat serving locally by this much: its fixed cost
+            (control round trips through both instances' scheduler loops) is not in the cost
+            table's per-page figure.
         cache_threshold, balance_abs_threshold, balance_rel_threshold: the ``prefix``
             policy's thresholds (sglang-router's ``cache_aware`` defaults).
         health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
@@ -74,6 +77,7 @@ class RouterConfig:
     cost_table: str = "cpu-bench"
     transfer_per_page_s: float | None = None
     migrate: bool = True
+    min_migrate_gain_s: float = 0.05
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5

@@ -64,7 +64,8 @@ class Router:
                           balance_rel_threshold=config.balance_rel_threshold,
                           cost_table=config.cost_table,
                           transfer_per_page_s=config.transfer_per_page_s,
-                          migrate=config.migrate)
+                          migrate=config.migrate,
+                          min_migrate_gain_s=config.min_migrate_gain_s)
         self.policies = {role: make_policy(config.policy_for(role), pc) for role in ROLES}
         from sglang_memserve.gpu.costmodel import load_table
 
@@ -183,12 +184,16 @@ class Router:
             hit = max(hit, decision.migrate_tokens)
         return decision, self.cluster.workers[decision.instance_id], hit
 
-    def _account(self, role: str, worker: Worker, hit: int, prompt: Prompt) -> None:
+    def _account(self, role: str, worker: Worker, hit: int, prompt: Prompt) -> float:
+        """Count the request on ``worker``; returns the prefill seconds queued there for it
+        (0 on decode instances, which receive the KV instead)."""
         assert self.cluster is not None
         x = max(1, len(prompt.tokens))
-        self.cluster.routed(worker, prompt.tokens, self.costs.exec_time(x, min(hit, x - 1)))
+        est = 0.0 if role == "decode" else self.costs.exec_time(x, min(hit, x - 1))
+        self.cluster.routed(worker, prompt.tokens, est)
         self.metrics.prompt_tokens.labels(role).inc(len(prompt.tokens))
         self.metrics.predicted_hit.labels(role).inc(hit)
+        return est
 
     async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> None:
         """Ask the holder to push the prefix to ``dst`` (MemPool transfer_with_insert); on any
@@ -255,12 +260,15 @@ class Router:
         decision, worker, hit = self._decide("colocated", prompt, session_id, tried)
         tried.append(worker.id)
         # Accounted before a migration runs, so concurrent decisions see the pages coming.
-        self._account("colocated", worker, hit, prompt)
+        est = self._account("colocated", worker, hit, prompt)
         if decision.migrate_from:
             await self._migrate(decision, prompt, worker)
+        done = _Once(lambda: worker.prefilled(est))
         try:
-            return await self._proxy(request, worker, path, prompt.body, prompt.stream)
+            return await self._proxy(request, worker, path, prompt.body, prompt.stream,
+                                     first_byte=done)
         finally:
+            done()  # a failed request's queued prefill is not waiting there any more
             worker.finished()
 
     async def _pd(self, request: web.Request, path: str, prompt: Prompt,
@@ -268,7 +276,7 @@ class Router:
         pdec, prefill, phit = self._decide("prefill", prompt, session_id, tried)
         _ddec, decode, dhit = self._decide("decode", prompt, session_id, tried)
         tried += [prefill.id, decode.id]
-        self._account("prefill", prefill, phit, prompt)
+        est = self._account("prefill", prefill, phit, prompt)
         self._account("decode", decode, dhit, prompt)
         if pdec.migrate_from:
             await self._migrate(pdec, prompt, prefill)
@@ -276,6 +284,7 @@ class Router:
                               "bootstrap_port": prefill.bootstrap_port,
                               "bootstrap_room": random.getrandbits(63)}
         prefill_done = asyncio.create_task(self._prefill(prefill, path, body))
+        prefill_done.add_done_callback(lambda _t: prefill.prefilled(est))
         try:
             return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
                                      {"X-MemServe-Prefill": prefill.id})
@@ -305,7 +314,8 @@ class Router:
 
     async def _proxy(self, request: web.Request, worker: Worker, path: str, body: dict,
                      stream: bool, prefill: asyncio.Task | None = None,
-                     headers: dict[str, str] | None = None) -> web.StreamResponse:
+                     headers: dict[str, str] | None = None,
+                     first_byte: Callable[[], None] | None = None) -> web.StreamResponse:
         """Forward to ``worker``; a failure before the first byte raises UpstreamError, one after
         ends the stream with an error event (never a hang). In PD, a prefill that fails first
         aborts the decode request."""
@@ -329,6 +339,8 @@ class Router:
                     raise UpstreamError(f"{worker.id}: {exc!r}") from exc
                 except _PrefillFailed as exc:
                     return _error(502, str(exc))
+                if first_byte is not None:
+                    first_byte()
                 if upstream.status == 200:
                     self._actual_hit(role, data)
                 return web.Response(body=data, status=upstream.status, headers=served,
@@ -343,6 +355,9 @@ class Router:
                     chunk = await _race(upstream.content.readany(), prefill)
                     if not chunk:
                         break
+                    if first_byte is not None:
+                        first_byte()  # the prefill is done once the first token streams
+                        first_byte = None
                     last = _last_event(last, chunk)
                     await resp.write(chunk)
             except (TimeoutError, aiohttp.ClientError, _PrefillFailed) as exc:
@@ -515,6 +530,18 @@ class Router:
                 "memserve_router_instance_inflight": (wl, inflight),
                 "memserve_router_tree_pages": (wl, pages),
                 **{k: (("instance",), v) for k, v in feed.items()}}
+
+
+class _Once:
+    """Calls ``fn`` the first time it is called, never again."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 class _PrefillFailed(RuntimeError):

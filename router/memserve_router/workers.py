@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -60,8 +59,10 @@ class Worker:
         healthy: in rotation. failures: consecutive failed health checks.
         polled: its last ``/v1/loads`` core figures.
         inflight: requests the router sent it that have not finished.
-        busy_until: when the prefill work the router queued on it should be done
-            (monotonic seconds; the ``memserve`` policy's queue wait).
+        pending_s: estimated prefill seconds of the requests the router sent it whose prefill
+            has not finished (first byte not seen yet): the ``memserve`` policy's queue wait.
+            NOTE: it drains as answers arrive, not as time passes, so it measures the real
+            queue in the cost table's units even when the table is off for this hardware.
         polled_wait_s: the prefill time of the uncached tokens waiting in its own queue, as of
             the last poll (it counts requests that did not come through this router).
     """
@@ -73,7 +74,7 @@ class Worker:
     failures: int = 0
     polled: dict[str, float] = field(default_factory=dict)
     inflight: int = 0
-    busy_until: float = 0.0
+    pending_s: float = 0.0
     polled_wait_s: float = 0.0
 
     @property
@@ -92,28 +93,30 @@ class Worker:
     def bootstrap_port(self) -> int | None:
         return self.spec.bootstrap_port or self.info.bootstrap_port
 
-    def load(self, now: float | None = None) -> Load:
+    def load(self) -> Load:
         """Its load as the policies see it: polled figures plus the router's own counts; the
         queue wait is the router's estimate or, if longer, the polled one."""
-        now = time.monotonic() if now is None else now
         return Load(
             running=int(self.polled.get("num_running_reqs", 0)),
             queued=int(self.polled.get("num_waiting_reqs", 0)),
             kv_usage=float(self.polled.get("token_usage", 0.0)),
             inflight=self.inflight,
-            queue_wait_s=max(0.0, self.busy_until - now, self.polled_wait_s),
+            queue_wait_s=max(self.pending_s, self.polled_wait_s),
         )
 
-    def queue_prefill(self, seconds: float, now: float | None = None) -> None:
-        """Account ``seconds`` of prefill work just routed to it (FCFS behind what is queued)."""
-        now = time.monotonic() if now is None else now
-        self.busy_until = max(self.busy_until, now) + seconds
+    def queue_prefill(self, seconds: float) -> None:
+        """Account ``seconds`` of prefill work just routed to it."""
+        self.pending_s += seconds
+
+    def prefilled(self, seconds: float) -> None:
+        """A request's prefill (estimated ``seconds``) is done: its first byte arrived."""
+        self.pending_s = max(0.0, self.pending_s - seconds)
 
     def finished(self) -> None:
         """One of its requests ended; an idle instance has no queue left."""
         self.inflight = max(0, self.inflight - 1)
         if self.inflight == 0:
-            self.busy_until = 0.0
+            self.pending_s = 0.0
 
     def describe(self) -> dict:
         """JSON-able view for ``GET /workers``; read-only."""

@@ -44,8 +44,8 @@ def colo(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     b = ServerProcess(["--model-path", str(tiny_model), "--instance-id", "colo-b"], logs,
                       name="colo-b")
     with a, b:
-        router = start_router(["--worker-urls", a.url, b.url, "--transfer-per-page-s", "1e-5"],
-                              logs)
+        router = start_router(["--worker-urls", a.url, b.url, "--transfer-per-page-s", "1e-5",
+                               "--min-migrate-gain-secs", "0"], logs)
         try:
             yield Colo(a, b, router)
         finally:
