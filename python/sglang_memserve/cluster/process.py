@@ -22,6 +22,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def file_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 class ServerStartError(RuntimeError):
     """The server process exited or did not become healthy in time; carries its log tail."""
 
@@ -89,10 +97,7 @@ class ServerProcess:
         raise ServerStartError(f"{self.name} not healthy after {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a crash, for failure tests)."""

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import requests
 
-from sglang_memserve.cluster.process import ServerStartError, free_port
+from sglang_memserve.cluster.process import ServerStartError, file_tail, free_port
 
 
 class MemServeRouterProcess:
@@ -82,10 +82,7 @@ class MemServeRouterProcess:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

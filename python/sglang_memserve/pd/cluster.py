@@ -39,7 +39,7 @@ from types import TracebackType
 import requests
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
-from sglang_memserve.cluster.process import ServerStartError
+from sglang_memserve.cluster.process import ServerStartError, file_tail
 
 STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
 STAGE_LABELS: dict[str, str] = {
@@ -272,10 +272,7 @@ class RouterProcess:
         raise ServerStartError(f"router not routable after {timeout:.0f}s: {last}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
