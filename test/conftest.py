@@ -52,3 +52,14 @@ def memserve_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
                            tmp_path_factory.mktemp("logs"), name="memserve")
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[ServerProcess]:
+    """A colocated instance with no prefix cache: the outputs every cached, disaggregated or
+    routed path must reproduce (one for the whole session)."""
+    server = ServerProcess(["--model-path", str(tiny_model), "--memserve-cache", "off"],
+                           tmp_path_factory.mktemp("reference"), name="reference")
+    with server:
+        yield server

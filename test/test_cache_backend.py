@@ -58,10 +58,9 @@ def tokenizer(tiny_model: Path):
 
 
 @pytest.fixture(scope="module")
-def uncached_server(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    with ServerProcess(["--model-path", str(tiny_model), "--memserve-cache", "off"],
-                       tmp_path_factory.mktemp("logs"), name="nocache") as s:
-        yield s
+def uncached_server(reference: ServerProcess) -> ServerProcess:
+    """The session's colocated instance without a prefix cache."""
+    return reference
 
 
 @pytest.fixture(scope="module")

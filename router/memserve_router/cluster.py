@@ -134,12 +134,13 @@ class Cluster:
                                  host_tokens=h.host_tokens if h else 0))
         return out
 
-    def routed(self, worker: Worker, tokens: Sequence[int], prefill_s: float) -> None:
+    def routed(self, worker: Worker, tokens: Sequence[int], prefill_s: float,
+               uncached: int = 0) -> None:
         """Account a request just sent to ``worker``: in-flight count, queued prefill work and
         its pages, predicted in that instance's tree until an event confirms them (an instance
         without events keeps them as its approximate tree)."""
         worker.inflight += 1
-        worker.queue_prefill(prefill_s)
+        worker.queue_prefill(prefill_s, uncached)
         tree = self.trees.get(worker.role)
         if tree is None or not tokens:
             return
@@ -230,7 +231,8 @@ class Cluster:
                     "num_waiting_uncached_tokens")
             w.polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
             w.polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
-            waiting = int(w.polled["num_waiting_uncached_tokens"])
+            # Only what this router did not send (its own queue is pending_s already).
+            waiting = int(w.polled["num_waiting_uncached_tokens"]) - w.pending_tokens
             w.polled_wait_s = self.exec_time(waiting, 0) if waiting > 0 else 0.0
 
     def resync(self, wid: str) -> None:
@@ -254,7 +256,7 @@ def _least_loaded_per_hit(members: list[Worker], hits: dict[str, PrefixHit], kee
     for i, w in enumerate(members):
         h = hits.get(w.id)
         key = (h.tokens, h.host_tokens) if h else (0, 0)
-        wait = w.pending_s if w.pending_s > w.polled_wait_s else w.polled_wait_s
+        wait = w.pending_s + w.polled_wait_s
         polled = w.polled
         r = int(polled.get("num_running_reqs", 0) + polled.get("num_waiting_reqs", 0))
         r = r if r > w.inflight else w.inflight

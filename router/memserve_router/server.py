@@ -184,16 +184,18 @@ class Router:
             hit = max(hit, decision.migrate_tokens)
         return decision, self.cluster.workers[decision.instance_id], hit
 
-    def _account(self, role: str, worker: Worker, hit: int, prompt: Prompt) -> float:
+    def _account(self, role: str, worker: Worker, hit: int, prompt: Prompt
+                 ) -> tuple[float, int]:
         """Count the request on ``worker``; returns the prefill seconds queued there for it
-        (0 on decode instances, which receive the KV instead)."""
+        and uncached tokens (0 on decode instances, which receive the KV instead)."""
         assert self.cluster is not None
         x = max(1, len(prompt.tokens))
         est = 0.0 if role == "decode" else self.costs.exec_time(x, min(hit, x - 1))
-        self.cluster.routed(worker, prompt.tokens, est)
+        uncached = 0 if role == "decode" else max(0, len(prompt.tokens) - hit)
+        self.cluster.routed(worker, prompt.tokens, est, uncached)
         self.metrics.prompt_tokens.labels(role).inc(len(prompt.tokens))
         self.metrics.predicted_hit.labels(role).inc(hit)
-        return est
+        return est, uncached
 
     async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> None:
         """Ask the holder to push the prefix to ``dst`` (MemPool transfer_with_insert); on any
@@ -260,10 +262,10 @@ class Router:
         decision, worker, hit = self._decide("colocated", prompt, session_id, tried)
         tried.append(worker.id)
         # Accounted before a migration runs, so concurrent decisions see the pages coming.
-        est = self._account("colocated", worker, hit, prompt)
+        est, uncached = self._account("colocated", worker, hit, prompt)
         if decision.migrate_from:
             await self._migrate(decision, prompt, worker)
-        done = _Once(lambda: worker.prefilled(est))
+        done = _Once(lambda: worker.prefilled(est, uncached))
         try:
             return await self._proxy(request, worker, path, prompt.body, prompt.stream,
                                      first_byte=done)
@@ -276,7 +278,7 @@ class Router:
         pdec, prefill, phit = self._decide("prefill", prompt, session_id, tried)
         _ddec, decode, dhit = self._decide("decode", prompt, session_id, tried)
         tried += [prefill.id, decode.id]
-        est = self._account("prefill", prefill, phit, prompt)
+        est, uncached = self._account("prefill", prefill, phit, prompt)
         self._account("decode", decode, dhit, prompt)
         if pdec.migrate_from:
             await self._migrate(pdec, prompt, prefill)
@@ -284,7 +286,7 @@ class Router:
                               "bootstrap_port": prefill.bootstrap_port,
                               "bootstrap_room": random.getrandbits(63)}
         prefill_done = asyncio.create_task(self._prefill(prefill, path, body))
-        prefill_done.add_done_callback(lambda _t: prefill.prefilled(est))
+        prefill_done.add_done_callback(lambda _t: prefill.prefilled(est, uncached))
         try:
             return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
                                      {"X-MemServe-Prefill": prefill.id})

@@ -63,8 +63,9 @@ class Worker:
             has not finished (first byte not seen yet): the ``memserve`` policy's queue wait.
             NOTE: it drains as answers arrive, not as time passes, so it measures the real
             queue in the cost table's units even when the table is off for this hardware.
-        polled_wait_s: the prefill time of the uncached tokens waiting in its own queue, as of
-            the last poll (it counts requests that did not come through this router).
+        polled_wait_s: the prefill time of the uncached tokens waiting in its own queue beyond
+            those this router has pending there, as of the last poll (requests that did not come
+            through this router).
     """
 
     id: str
@@ -75,6 +76,7 @@ class Worker:
     polled: dict[str, float] = field(default_factory=dict)
     inflight: int = 0
     pending_s: float = 0.0
+    pending_tokens: int = 0
     polled_wait_s: float = 0.0
 
     @property
@@ -101,22 +103,24 @@ class Worker:
             queued=int(self.polled.get("num_waiting_reqs", 0)),
             kv_usage=float(self.polled.get("token_usage", 0.0)),
             inflight=self.inflight,
-            queue_wait_s=max(self.pending_s, self.polled_wait_s),
+            queue_wait_s=self.pending_s + self.polled_wait_s,
         )
 
-    def queue_prefill(self, seconds: float) -> None:
-        """Account ``seconds`` of prefill work just routed to it."""
+    def queue_prefill(self, seconds: float, tokens: int) -> None:
+        """Account ``seconds`` of prefill work (``tokens`` uncached tokens) just routed to it."""
         self.pending_s += seconds
+        self.pending_tokens += tokens
 
-    def prefilled(self, seconds: float) -> None:
+    def prefilled(self, seconds: float, tokens: int) -> None:
         """A request's prefill (estimated ``seconds``) is done: its first byte arrived."""
         self.pending_s = max(0.0, self.pending_s - seconds)
+        self.pending_tokens = max(0, self.pending_tokens - tokens)
 
     def finished(self) -> None:
         """One of its requests ended; an idle instance has no queue left."""
         self.inflight = max(0, self.inflight - 1)
         if self.inflight == 0:
-            self.pending_s = 0.0
+            self.pending_s, self.pending_tokens = 0.0, 0
 
     def describe(self) -> dict:
         """JSON-able view for ``GET /workers``; read-only."""

@@ -58,7 +58,7 @@ def _received(server: ServerProcess) -> int:
 
 
 def test_turns_stay_on_their_prefill_and_hit_the_returned_answer(
-        pd2p1d: Pd2P1D, uncached: ServerProcess, tiny_tokenizer: Any) -> None:
+        pd2p1d: Pd2P1D, reference: ServerProcess, tiny_tokenizer: Any) -> None:
     questions = ["Explain why the sky is blue.", "What is a radix tree?",
                  "Name three rivers.", "Why do cats purr?"]
     prompts = [tiny_tokenizer.encode(q) for q in questions]
@@ -69,7 +69,7 @@ def test_turns_stay_on_their_prefill_and_hit_the_returned_answer(
         for i, ids in enumerate(prompts):
             before = {k: _received(p) for k, p in by_id.items()}
             out, headers = generate(pd2p1d.router.url, ids)
-            ref, _ = generate(uncached.url, ids)
+            ref, _ = generate(reference.url, ids)
             assert out["output_ids"] == ref["output_ids"], (i, turn)
             prefill = headers["X-MemServe-Prefill"]
             used.add(prefill)

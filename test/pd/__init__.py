@@ -1,0 +1,1 @@
+"""PD tests: a package, so its clusters (package-scoped fixtures) stop after it."""
