@@ -22,6 +22,7 @@ from sglang_memserve.mempool import (
     chainhash,
     make_tensor_tier,
 )
+from sglang_memserve.mempool.capture import CapturingPublisher
 from sglang_memserve.mempool.chainhash import SEED, chain, page_hash
 from sglang_memserve.mempool.events import HashCollision, HashMismatch, RadixSink, UnknownParent
 
@@ -194,24 +195,7 @@ def test_two_instances_share_one_mirror_tree():
 # ---- format v2: hashes, verification, exactness (no sockets: messages captured in-process) ----
 
 
-class Captured(EventPublisher):
-    """A publisher whose messages stay in a list (the wire form, through orjson)."""
-
-    def __init__(self, instance_id: str) -> None:  # no socket
-        self.instance_id, self.epoch, self.seq, self.bytes_sent = instance_id, "e1", 0, 0
-        self.endpoint, self.messages = "", []
-
-    def publish(self, events) -> int:
-        events = list(events)
-        if events:
-            self.seq += 1
-            self.messages.append(orjson.loads(orjson.dumps(
-                {"v": EVENT_FORMAT_VERSION, "instance": self.instance_id, "epoch": self.epoch,
-                 "seq": self.seq, "events": events})))
-        return self.seq
-
-    def close(self) -> None:
-        pass
+Captured = CapturingPublisher
 
 
 class NullEngine:

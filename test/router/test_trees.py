@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import random
 
-import orjson
-
 from memserve_router.trees import APPROX, DEVICE, HOST, PREDICTED, GlobalTree, PrefixHit
 from sglang_memserve.mempool import (
-    EVENT_FORMAT_VERSION,
     EventApplier,
-    EventPublisher,
     MemPool,
     MemPoolConfig,
     make_tensor_tier,
 )
+from sglang_memserve.mempool.capture import CapturingPublisher
 
 PS = 4
 
@@ -141,22 +138,7 @@ def test_remove_instance_prunes():
     gt.check()
 
 
-class Captured(EventPublisher):
-    def __init__(self, instance_id: str) -> None:  # messages stay in a list, no socket
-        self.instance_id, self.epoch, self.seq, self.bytes_sent = instance_id, "e", 0, 0
-        self.endpoint, self.messages = "", []
-
-    def publish(self, events) -> int:
-        events = list(events)
-        if events:
-            self.seq += 1
-            self.messages.append(orjson.loads(orjson.dumps(
-                {"v": EVENT_FORMAT_VERSION, "epoch": self.epoch, "seq": self.seq,
-                 "events": events})))
-        return self.seq
-
-    def close(self) -> None:
-        pass
+Captured = CapturingPublisher
 
 
 def test_tree_fed_by_several_pools_equals_each_pool():
