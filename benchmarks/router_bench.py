@@ -11,8 +11,8 @@ Subcommands:
   shared by all instances, and one shared LRU cache as large as the cluster's total KV.
 * ``overhead``: the router alone, in front of stand-in instances (``memserve_router.stub``):
   p50 latency added over a direct call, and routing throughput under concurrency.
-* ``decision``: one routing decision (tree walk + policy) for a 4,096-token prompt over 16 to
-  1,024 instances, in process.
+* ``decision``: one routing decision (``Router._decide``: tree walk, candidates, policy) for a
+  4,096-token prompt over 16 to 1,024 instances, in process (p50, p99).
 
 ::
 
@@ -168,6 +168,22 @@ class SglangRouter:
             self.proc.wait(timeout=10)
 
 
+def _tree_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` and their children."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for p in (root, *root.children(recursive=True)):
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def _router_metric(url: str, name: str) -> float:
     try:
         text = requests.get(f"{url}/metrics", timeout=5).text
@@ -218,10 +234,16 @@ def run_hits(a: argparse.Namespace) -> None:
                                                   "--log-level", "warning"], logs)
                     url = proc.start().url
                 try:
+                    inst_pids = [s.proc.pid for s in servers if s.proc is not None]
+                    cpu0 = (_tree_cpu_s(inst_pids), _tree_cpu_s([proc.proc.pid]))
                     t0 = time.perf_counter()
                     records = asyncio.run(replay_trace(url, prompts, arrivals))
                     wall = time.perf_counter() - t0
-                    summary = summarize(records) | {"wall_s": wall, "label": label}
+                    # Where the 2 cores went: the router's own CPU competes with the instances'.
+                    cpu = (_tree_cpu_s(inst_pids) - cpu0[0], _tree_cpu_s([proc.proc.pid]) - cpu0[1])
+                    summary = summarize(records) | {"wall_s": wall, "label": label,
+                                                    "instances_cpu_s": cpu[0],
+                                                    "router_cpu_s": cpu[1]}
                     if not name.startswith("sglang"):
                         summary["migrations"] = _router_metric(
                             url, 'memserve_router_migrations_total{outcome="ok"}')
@@ -229,8 +251,9 @@ def run_hits(a: argparse.Namespace) -> None:
                     proc.stop()
                 size["configs"][name] = summary
                 print(f"  {label:40s} hit {summary['hit_rate']:.3f}  TTFT avg "
-                      f"{summary['ttft_avg']:.3f} p99 {summary['ttft_p99']:.3f}  failed "
-                      f"{summary['failed']}  ({wall:.0f} s)", flush=True)
+                      f"{summary['ttft_avg']:.3f} p50 {summary['ttft_p50']:.3f} p99 "
+                      f"{summary['ttft_p99']:.3f}  failed {summary['failed']}  CPU s "
+                      f"instances {cpu[0]:.1f} router {cpu[1]:.1f}  ({wall:.0f} s)", flush=True)
         finally:
             for s in servers:
                 s.stop()
@@ -242,18 +265,22 @@ def run_hits(a: argparse.Namespace) -> None:
 
 def _hits_table(results: dict[str, Any]) -> str:
     lines = ["| KV tokens / instance | configuration | hit rate | of LRU oracle | TTFT avg | "
-             "TTFT p99 | JCT p99 | migrations | failed |", "|---|---|---|---|---|---|---|---|---|"]
+             "TTFT p50 | TTFT p99 | JCT avg | JCT p99 | migrations | CPU s: instances / router "
+             "| failed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kv, size in results["sizes"].items():
         lru = size["oracle_lru"]
-        lines.append(f"| {kv} | oracle: infinite shared cache | {size['oracle_infinite']:.3f} "
-                     f"| | | | | | |")
-        lines.append(f"| {kv} | oracle: shared LRU, cluster capacity | {lru:.3f} | 1.00 "
-                     f"| | | | | |")
+        lines.append(f"| {kv} | oracle: infinite shared cache | {size['oracle_infinite']:.3f} |"
+                     + " |" * 9)
+        lines.append(f"| {kv} | oracle: shared LRU, cluster capacity | {lru:.3f} | 1.00 |"
+                     + " |" * 8)
         for s in size["configs"].values():
+            cpu = (f"{s['instances_cpu_s']:.0f} / {s['router_cpu_s']:.1f}"
+                   if "router_cpu_s" in s else "-")
             lines.append(f"| {kv} | {s['label']} | {s['hit_rate']:.3f} | "
                          f"{s['hit_rate'] / lru if lru else float('nan'):.2f} | "
-                         f"{s['ttft_avg']:.3f} | {s['ttft_p99']:.3f} | {s['jct_p99']:.3f} | "
-                         f"{s.get('migrations', '-')} | {s['failed']} |")
+                         f"{s['ttft_avg']:.3f} | {s['ttft_p50']:.3f} | {s['ttft_p99']:.3f} | "
+                         f"{s['jct_avg']:.3f} | {s['jct_p99']:.3f} | "
+                         f"{s.get('migrations', '-')} | {cpu} | {s['failed']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,48 +335,59 @@ def run_overhead(a: argparse.Namespace) -> None:
 # ---- decision --------------------------------------------------------------------------------
 
 def run_decision(a: argparse.Namespace) -> None:
-    """What the router does per request (``Router._decide``): one walk of the role's tree, the
-    candidates (for ``memserve``, the two least loaded per distinct hit) and the policy."""
+    """What the router does per request, its own code (``Router._decide``): one walk of the
+    role's tree, the candidates (for ``memserve``, only those it can choose, from the cluster's
+    load order) and the policy; two instances' loads change before each decision (as answers
+    and polls land), so the load order's upkeep is in the time."""
     from memserve_router.cluster import Cluster
     from memserve_router.config import RouterConfig, WorkerSpec
-    from memserve_router.policies import PolicyConfig, RouteRequest, make_policy
-    from memserve_router.trees import GlobalTree
+    from memserve_router.prompts import Prompt
+    from memserve_router.server import Router
     from memserve_router.workers import Worker, WorkerInfo
-    from sglang_memserve.gpu.costmodel import load_table
 
     rng = random.Random(0)
     page = 16
     system = [rng.randrange(10, 30000) for _ in range(1024)]
-    print("| instances | tree match p50 (us) | candidates + policy p50 (us) | decision p50 (us) |")
-    print("|---|---|---|---|")
+    print(f"one decision, 4,096-token prompt, page {page}, {a.calls} calls per size")
+    print("| instances | tree match p50 (us) | candidates + policy p50 (us) | decision p50 (us) "
+          "| decision p99 (us) | candidates passed |")
+    print("|---|---|---|---|---|---|")
     for n in a.instances:
-        cluster = Cluster(RouterConfig(), None, load_table("cpu-bench").exec_time)  # type: ignore[arg-type]
-        tree = cluster.trees["colocated"] = GlobalTree(page)
-        convs = []
+        router = Router(RouterConfig())
+        cluster = router.cluster = Cluster(router.config, None,  # type: ignore[arg-type]
+                                           router.costs.exec_time)
+        convs, workers = [], []
         for i in range(n):
             w = Worker(f"i{i}", WorkerSpec(f"http://10.0.0.1:{i + 1}"),
                        WorkerInfo(f"i{i}", page, None, None, None, None))
             w.polled = {"num_running_reqs": rng.randrange(4)}
             w.inflight = rng.randrange(3)
-            cluster.workers[w.id] = w
+            workers.append(cluster.admit(w))
             conv = system + [rng.randrange(10, 30000) for _ in range(2048)]
             convs.append(conv)
-            tree.predict(w.id, conv, ttl_s=1e9)
-        policy = make_policy("memserve", PolicyConfig())
-        prompt = convs[n // 2] + [rng.randrange(10, 30000) for _ in range(1024)]
-        tm, tt = [], []
+            cluster.trees["colocated"].predict(w.id, conv, ttl_s=1e9)
+        tree = cluster.trees["colocated"]
+        prompt = Prompt(convs[n // 2] + [rng.randrange(10, 30000) for _ in range(1024)], {},
+                        False)
+        policy = router.policies["colocated"]
+        passed = len(cluster.candidates("colocated", prompt.tokens,
+                                        per_request_s=policy.config.load_per_request_s,
+                                        last=policy._last))
+        tm, td = [], []
         for _ in range(a.calls):
+            for w in rng.sample(workers, 2):
+                w.inflight = rng.randrange(3)
             t0 = time.perf_counter()
-            tree.match(prompt)
+            tree.match_groups(prompt.tokens)
             t1 = time.perf_counter()
-            cands = cluster.candidates("colocated", prompt, (), 2, 1e-3)  # matches again
-            policy.select(RouteRequest(len(prompt), page_size=page, explain=False), cands)
+            router._decide("colocated", prompt, None)
             t2 = time.perf_counter()
             tm.append(t1 - t0)
-            tt.append(t2 - t1)
+            td.append(t2 - t1)
         med = statistics.median
-        print(f"| {n} | {med(tm) * 1e6:.0f} | {med(tt) * 1e6 - med(tm) * 1e6:.0f} | "
-              f"{med(tt) * 1e6:.0f} |")
+        p99 = statistics.quantiles(td, n=100)[98]
+        print(f"| {n} | {med(tm) * 1e6:.0f} | {(med(td) - med(tm)) * 1e6:.0f} | "
+              f"{med(td) * 1e6:.0f} | {p99 * 1e6:.0f} | {passed} of {n} |", flush=True)
 
 
 def main() -> None:
@@ -374,7 +412,7 @@ def main() -> None:
     o.add_argument("--concurrency", type=int, default=64)
     d = sub.add_parser("decision")
     d.add_argument("--instances", type=int, nargs="+", default=[16, 64, 256, 1024])
-    d.add_argument("--calls", type=int, default=300)
+    d.add_argument("--calls", type=int, default=1000)
     a = p.parse_args()
     {"hits": run_hits, "overhead": run_overhead, "decision": run_decision}[a.cmd](a)
 
