@@ -193,15 +193,51 @@ def _router_metric(url: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
+def mooncake_workload(a: argparse.Namespace) -> tuple[list[list[int]], list[float]]:
+    """The Mooncake conversation trace: prompts from its hash ids, its own arrival times."""
+    trace = load_trace(None if a.trace is None else Path(a.trace), limit=a.requests)
+    prompts = trace_prompts(trace, block_tokens=a.block_tokens, vocab=(10, 1000))
+    return prompts, [r.arrival_s / a.speedup for r in trace]
+
+
+def sharegpt_workload(a: argparse.Namespace, model: Path) -> tuple[list[list[int]], list[float]]:
+    """ShareGPT multi-turn chats with the data set's own answers as history: turn ``k``'s
+    prompt is turns ``1..k`` and answers ``1..k-1`` (the tiny model's tokenizer), so each turn
+    extends the previous one. Conversations start as a Poisson process; a user waits an
+    exponential think time (mean ``--think-time``) after each turn. All divided by
+    ``--speedup``; at most ``--requests`` turns, in arrival order."""
+    from transformers import AutoTokenizer
+
+    from sglang_memserve.workloads import load_sharegpt
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    convs = load_sharegpt(None if a.trace is None else Path(a.trace), min_turns=2,
+                          limit=a.requests)
+    rng = random.Random(0)
+    timed: list[tuple[float, list[int]]] = []
+    start = 0.0
+    for c in convs:
+        start += rng.expovariate(a.conversation_rate)
+        at, history = start, []
+        for turn, answer in zip(c.user_turns, c.reference_answers or [""] * len(c.user_turns),
+                                strict=False):
+            history += tok.encode(turn, add_special_tokens=False)
+            timed.append((at, list(history)))
+            history += tok.encode(answer, add_special_tokens=False)
+            at += rng.expovariate(1.0 / a.think_time)
+    timed.sort(key=lambda t: t[0])
+    timed = timed[:a.requests]
+    return [ids for _, ids in timed], [t / a.speedup for t, _ in timed]
+
+
 def run_hits(a: argparse.Namespace) -> None:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = ensure_model("tiny")
-    trace = load_trace(None if a.trace is None else Path(a.trace), limit=a.requests)
+    prompts, arrivals = (sharegpt_workload(a, model) if a.workload == "sharegpt"
+                         else mooncake_workload(a))
     # The tiny model's context is 2,048 tokens: longer prompts are cut (same cut for everyone).
-    prompts = [p[:a.max_prompt_tokens] for p in
-               trace_prompts(trace, block_tokens=a.block_tokens, vocab=(10, 1000))]
-    arrivals = [r.arrival_s / a.speedup for r in trace]
+    prompts = [p[:a.max_prompt_tokens] for p in prompts]
     page = a.block_tokens
     results: dict[str, Any] = {"args": vars(a), "sizes": {}}
     for kv in a.kv_tokens:
@@ -395,7 +431,14 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     h = sub.add_parser("hits")
     h.add_argument("--out", default="results/router")
-    h.add_argument("--trace", default=None, help="Mooncake-format trace (default: shared data)")
+    h.add_argument("--workload", choices=["mooncake", "sharegpt"], default="mooncake")
+    h.add_argument("--trace", default=None,
+                   help="the workload's file: a Mooncake-format trace or a ShareGPT JSON "
+                        "(default: the shared data, else the repository's sample)")
+    h.add_argument("--conversation-rate", type=float, default=0.5,
+                   help="sharegpt: new conversations per second (before --speedup)")
+    h.add_argument("--think-time", type=float, default=10.0,
+                   help="sharegpt: mean seconds between a turn and the next (before --speedup)")
     h.add_argument("--requests", type=int, default=2000)
     h.add_argument("--instances", type=int, default=4)
     h.add_argument("--block-tokens", type=int, default=16)

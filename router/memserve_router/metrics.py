@@ -34,6 +34,9 @@ class RouterMetrics:
                                      ["role"], registry=r)
         self.migrations = Counter("memserve_router_migrations", "KV migrations the router asked",
                                   ["outcome"], registry=r)
+        self.migration_seconds = Histogram(
+            "memserve_router_migration_seconds", "Wall time of a migration the router awaited",
+            buckets=(1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
         self.migration_bytes = Counter("memserve_router_migration_bytes",
                                        "KV bytes moved by migrations", registry=r)
         self.retries = Counter("memserve_router_retries",

@@ -210,6 +210,9 @@ class Router:
         msg = {"op": "kv_push", "tokens": prompt.tokens[:decision.migrate_tokens],
                "dst": dst.info.control}
         loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        # The policy learns what a migration costs here (failed ones cost the wait too).
+        observe = getattr(self.policies[dst.role], "observe_migration", None)
         try:
             out = await loop.run_in_executor(None, lambda: rpc_call(
                 src.info.control, msg, timeout_s=self.config.migrate_timeout_s,
@@ -217,7 +220,14 @@ class Router:
         except Exception as exc:  # noqa: BLE001 -- MemPoolError and friends: recompute instead
             logger.warning("migration %s -> %s failed: %s", src.id, dst.id, exc)
             self.metrics.migrations.labels("failed").inc()
+            if observe is not None:
+                observe(decision.migrate_tokens - decision.migrate_cached_tokens,
+                        time.perf_counter() - t0)
             return
+        seconds = time.perf_counter() - t0
+        if observe is not None:
+            observe(decision.migrate_tokens - decision.migrate_cached_tokens, seconds)
+        self.metrics.migration_seconds.observe(seconds)
         self.metrics.migrations.labels("ok").inc()
         self.metrics.migration_bytes.inc(int(out.get("bytes", 0)))
 

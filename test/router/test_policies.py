@@ -360,6 +360,36 @@ def test_memserve_no_migration_when_the_holder_itself_is_best():
     assert d.instance_id == "h" and d.migrate_from is None
 
 
+def test_memserve_learns_what_a_migration_costs():
+    """Slow migrations observed (fixed cost above the saving) stop the next ones; the fixed
+    cost is a running average, so fast ones observed later bring migration back."""
+    x, c_hit, h_hit = 4096, 0, 2048
+    p = memserve()
+    cs, _ = boundary_state(p, x, c_hit, h_hit)
+    first = p.select(RouteRequest(x), cs)
+    assert first.migrate_from == "h" and p.migration_overhead_s is None
+    est = {(e.instance_id, e.migrate_from): e.total_s for e in first.estimates}
+    advantage = est[("c", None)] - est[("c", "h")]
+    link = p.transfer_s(h_hit)              # what the table alone says the push takes
+    p.observe_migration(h_hit, link + 2 * advantage)
+    assert p.migration_overhead_s == pytest.approx(2 * advantage)
+    slow = p.select(RouteRequest(x), cs)
+    assert slow.migrate_from is None and slow.instance_id == "c"
+    for _ in range(40):                     # pushes got fast: the average comes down
+        p.observe_migration(h_hit, link)
+    assert p.migration_overhead_s < 0.01 * advantage
+    assert p.select(RouteRequest(x), cs).migrate_from == "h"
+
+
+def test_memserve_migration_overhead_is_in_the_explained_estimate():
+    p = memserve()
+    p.observe_migration(2048, 10.0)
+    assert p.transfer_s(16) == pytest.approx(p.table.pages_for(16) * p.transfer_per_page_s
+                                             + p.migration_overhead_s)
+    p.observe_migration(2048, 0.0)           # faster than the table: no negative overhead
+    assert p.migration_overhead_s >= 0.0
+
+
 def test_memserve_migration_can_be_disabled():
     p = memserve(migrate=False)
     cs, _ = boundary_state(p, 4096, 0, 2048)

@@ -7,7 +7,11 @@ For each candidate ``c`` (prompt of ``x`` tokens, ``c`` caching ``y`` of them)::
                     + swap_in(c's DRAM part) + load(c)          for a holder h with h.hit > c.hit
 
 ``exec``, ``swap_in`` and ``transfer`` come from a measured cost table
-(``sglang_memserve.gpu.costmodel``); the link cost may be overridden by the config. ``load`` is
+(``sglang_memserve.gpu.costmodel``); the link cost may be overridden by the config. ``transfer``
+also carries each migration's fixed cost as observed (:meth:`MemServePolicy.observe_migration`:
+the control round trips through both instances' scheduler loops, which no table knows), so a
+cluster where pushes are slow (loopback TCP on busy CPUs) stops migrating by itself while one
+with RDMA keeps doing it. ``load`` is
 ``config.load_per_request_s`` per request on ``c``: small, so that equal estimates spread over
 idle instances. An exact whole-prompt hit still computes one token (``y <= x - 1``). A migration
 is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_gain_s`` and
@@ -38,6 +42,8 @@ from .base import (
 # Estimates closer than this (seconds) count as equal, so float noise cannot break a tie.
 _TIE_S = 1e-9
 _EXEC_CACHE_SIZE = 1 << 16
+# Weight of the newest migration in the fixed-cost average (the first one sets it).
+_MIGRATION_EWMA = 0.2
 
 
 @register_policy("memserve")
@@ -51,6 +57,20 @@ class MemServePolicy(Policy):
                                            if config.transfer_per_page_s is not None
                                            else self.table.transfer_per_page_s)
         self._exec_cache: dict[tuple[int, int], float] = {}
+        self.migration_overhead_s: float | None = None  # None until a migration is observed
+
+    def observe_migration(self, tokens: int, seconds: float) -> None:
+        """Learn a migration's fixed cost from one that ran: its wall time less the table's
+        transfer time of its ``tokens``. Changes only :attr:`migration_overhead_s`.
+
+        Args:
+            tokens: tokens of KV the migration moved (or was asked to move).
+            seconds: how long the request waited for it.
+        """
+        over = max(0.0, seconds - self.table.pages_for(tokens) * self.transfer_per_page_s)
+        old = self.migration_overhead_s
+        self.migration_overhead_s = over if old is None else (
+            old + _MIGRATION_EWMA * (over - old))
 
     def exec_s(self, x: int, y: int) -> float:
         """Prefill time of ``x`` tokens with ``y`` cached (``y`` clamped to ``x - 1``), memoised.
@@ -71,8 +91,10 @@ class MemServePolicy(Policy):
         return t
 
     def transfer_s(self, tokens: int) -> float:
-        """Time to move ``tokens`` tokens of KV over the link in use (whole table pages)."""
-        return self.table.pages_for(tokens) * self.transfer_per_page_s
+        """Time to move ``tokens`` tokens of KV over the link in use (whole table pages), plus
+        the fixed cost observed per migration."""
+        return (self.table.pages_for(tokens) * self.transfer_per_page_s
+                + (self.migration_overhead_s or 0.0))
 
     def select(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Decision:
         """See :meth:`Policy.select`; advances the rotation among ties and grows the exec memo.
@@ -150,7 +172,7 @@ class MemServePolicy(Policy):
         """Every local option, then each candidate's cheapest migration (the explain path:
         builds one object per option, from the values ``select`` computed)."""
         page, swap_pp = self.table.page_size, self.table.swap_in_per_page_s
-        per_req, per_page = self.config.load_per_request_s, self.transfer_per_page_s
+        per_req = self.config.load_per_request_s
         ests = []
         parts = []
         for c in candidates:
@@ -165,7 +187,7 @@ class MemServePolicy(Policy):
             c, (wait, swap, load, host) = candidates[i], parts[i]
             have = c.hit_tokens if c.hit_tokens < x else x
             ests.append(Estimate(c.instance_id, u, host, wait, exec_by_hit[u], swap,
-                                 (-(-(u - have) // page)) * per_page,
+                                 self.transfer_s(u - have),
                                  candidates[holder[u][2]].instance_id, load))
         return tuple(ests)
 
