@@ -38,6 +38,9 @@ class MemServeConfig:
         kv_return_peer: control endpoint to return KV to (default: from the request's
             bootstrap address, port + 1).
         peer_timeout_s: bound on each control request, lease and transfer step.
+        secret_file: file holding the control channel's shared secret (the path only; the
+            launcher exports it as ``MEMSERVE_SECRET_FILE`` to the SGLang processes); None:
+            the environment's setting, if any.
     """
 
     role: Role = "colocated"
@@ -50,6 +53,7 @@ class MemServeConfig:
     kv_return: bool = False
     kv_return_peer: str | None = None
     peer_timeout_s: float = 10.0
+    secret_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from sglang_memserve import compat
+from sglang_memserve.bind import DIST_OVERRIDE_ENV, local_bind_env
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
 from sglang_memserve.model.registry import MODELS, folder_cpu_dtype
 
@@ -75,6 +78,11 @@ def memserve_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-sleep-on-idle", action="store_true",
                    help="CPU hosts: do not add SGLang's --sleep-on-idle (idle schedulers then "
                         "busy-poll a core)")
+    g.add_argument("--mempool-secret-file", default=None, metavar="PATH",
+                   help="shared secret of the control channel (HMAC-signed requests; unsigned, "
+                        "stale and replayed ones are refused); default: $MEMSERVE_SECRET_FILE or "
+                        "$MEMSERVE_SECRET, else none. A file, never a command-line value: ps "
+                        "shows those to every user")
     g.add_argument("--embedded-model", choices=sorted(MODELS), default="tiny",
                    help="embedded model served when --model-path is absent (smollm2: a real "
                         "instruct model; tiny, bench: random weights for tests and benchmarks)")
@@ -155,6 +163,13 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
             "MC_LOG_LEVEL": "ERROR",
             **({"MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1"} if cpu else {}),
         })
+    secret_file = None
+    if ms.mempool_secret_file:
+        from sglang_memserve.mempool.auth import load_auth
+
+        # Checked here so a bad path fails at once, not in the scheduler process.
+        load_auth(ms.mempool_secret_file)
+        secret_file = os.path.abspath(ms.mempool_secret_file)
     control_port = ms.mempool_control_port
     if control_port is None:
         control_port = (int(_value(sg, "--disaggregation-bootstrap-port", "8998")) + 1
@@ -171,6 +186,7 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         control_port=control_port,
         kv_return=ms.kv_return and ms.role == "decode",
         kv_return_peer=ms.kv_return_peer,
+        secret_file=secret_file,
     )
     return config, sg, env
 
@@ -182,15 +198,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\nAll SGLang server arguments are accepted as well (python -m sglang.launch_server -h).")
         return
     config, sg_argv, env = build(argv, cpu=compat.needed())
+    store_dir = tempfile.mkdtemp(prefix="memserve-dist-")
+    env.update(local_bind_env(config.host, store_dir,
+                              nnodes=int(_value(sg_argv, "--nnodes", "1")),
+                              dist_init_addr=_value(sg_argv, "--dist-init-addr", "") or None))
     for key, value in env.items():
         os.environ.setdefault(key, value)
     os.environ[ENV_VAR] = config.to_env()
+    if config.secret_file:
+        from sglang_memserve.mempool.auth import SECRET_FILE_ENV
+
+        # The SGLang processes (control channel, peer calls) read the secret from this file
+        # through the environment they inherit; the flag wins over an inherited value.
+        os.environ[SECRET_FILE_ENV] = config.secret_file
 
     from sglang.launch_server import run_server
+    from sglang.srt.environ import envs
     from sglang.srt.plugins import load_plugins
     from sglang.srt.server_args import prepare_server_args
     from sglang.srt.utils import kill_process_tree
 
+    if DIST_OVERRIDE_ENV in env and not hasattr(envs, DIST_OVERRIDE_ENV):
+        # Start-up check: an SGLang that no longer reads it starts a TCPStore on every interface.
+        logger.warning("this SGLang ignores %s: its scheduler's rendezvous store will listen on "
+                       "all interfaces", DIST_OVERRIDE_ENV)
     load_plugins()  # runs sglang_memserve.plugin.load through SGLang's entry point
     server_args = prepare_server_args(sg_argv)
     logger.info("MemServe %s instance %s (cache=%s)", config.role, config.instance_id, config.cache)
@@ -198,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_server(server_args)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+        shutil.rmtree(store_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from memserve_router.config import RouterConfig, WorkerSpec
 from memserve_router.policies import POLICIES
+from sglang_memserve.mempool.auth import AuthError, load_auth
 
 # sglang-router flags that have no meaning here (exact trees need no eviction timer; metrics are
 # served on the router's own port): accepted so its command lines work, and said so.
@@ -60,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-ttl-secs", type=float, default=5.0)
     p.add_argument("--request-timeout-secs", type=float, default=600.0)
     p.add_argument("--disable-retries", action="store_true")
+    p.add_argument("--mempool-secret-file", default=None, metavar="PATH",
+                   help="the instances' control-channel secret (signs snapshot and kv_push "
+                        "requests); default: $MEMSERVE_SECRET_FILE or $MEMSERVE_SECRET, else "
+                        "unsigned")
     return p
 
 
@@ -115,9 +120,10 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             health_failure_threshold=a.health_failure_threshold,
             load_interval_s=a.load_interval_secs, predict_ttl_s=a.predict_ttl_secs,
             request_timeout_s=a.request_timeout_secs,
-            retries=0 if a.disable_retries else 1)
+            retries=0 if a.disable_retries else 1,
+            control_auth=load_auth(a.mempool_secret_file))
         return config, a.log_level
-    except ValueError as exc:
+    except (ValueError, AuthError) as exc:
         p.error(str(exc))
     raise AssertionError("unreachable")
 

@@ -36,7 +36,7 @@ class Cluster:
         self.exec_time = exec_time
         self.workers: dict[str, Worker] = {}
         self.trees: dict[str, GlobalTree] = {}
-        self.feed = EventFeed()
+        self.feed = EventFeed(auth=config.control_auth)
         self.model_path: str | None = None
         self._tasks: list[asyncio.Task] = []
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sglang_memserve.mempool.auth import ControlAuth
+
 Role = Literal["colocated", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("colocated", "prefill", "decode")
 
@@ -63,6 +65,10 @@ class RouterConfig:
         session_header: the header the ``session`` policy reads.
         retries: how often a request whose instance failed before any byte was sent is
             retried on another instance.
+        control_auth: the instances' control-channel secret: the router signs its snapshot
+            and ``kv_push`` requests with it (None: unsigned). The CLI loads it from
+            ``--mempool-secret-file`` or the environment (``MEMSERVE_SECRET_FILE``,
+            ``MEMSERVE_SECRET``).
     """
 
     workers: tuple[WorkerSpec, ...] = ()
@@ -91,6 +97,7 @@ class RouterConfig:
     migrate_timeout_s: float = 30.0
     session_header: str = "X-Session-ID"
     retries: int = 1
+    control_auth: ControlAuth | None = None
 
     def __post_init__(self) -> None:
         roles = {w.role for w in self.workers}

@@ -24,6 +24,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from sglang_memserve.mempool.auth import ControlAuth
 from sglang_memserve.mempool.errors import MemPoolError
 from sglang_memserve.mempool.events import (
     EventApplier,
@@ -90,16 +91,19 @@ class EventFeed:
         max_buffer: messages buffered per instance during a resync; beyond, they are dropped
             and another resync follows (the snapshot makes up for them).
         rcvhwm: the SUB socket's receive high-water mark (messages per connection).
+        auth: the control channel's secret snapshot requests are signed with (None: unsigned).
     """
 
     def __init__(self, *, snapshot_timeout_s: float = 5.0, retry_s: float = 0.2,
                  max_retry_s: float = 5.0, expire_interval_s: float = 0.5,
-                 max_buffer: int = 100_000, rcvhwm: int = 100_000) -> None:
+                 max_buffer: int = 100_000, rcvhwm: int = 100_000,
+                 auth: ControlAuth | None = None) -> None:
         self.snapshot_timeout_s = snapshot_timeout_s
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.expire_interval_s = expire_interval_s
         self.max_buffer = max_buffer
+        self.auth = auth
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -257,7 +261,7 @@ class EventFeed:
         loop = asyncio.get_running_loop()
         call = functools.partial(rpc_call, src.control_endpoint, {"op": "snapshot"},
                                  timeout_s=self.snapshot_timeout_s,
-                                 expect_instance=src.instance_id)
+                                 expect_instance=src.instance_id, auth=self.auth)
         delay = self.retry_s
         while self._sources.get(src.instance_id) is src:
             before = src.applier.pages_applied

@@ -216,7 +216,7 @@ class Router:
         try:
             out = await loop.run_in_executor(None, lambda: rpc_call(
                 src.info.control, msg, timeout_s=self.config.migrate_timeout_s,
-                expect_instance=src.info.instance_id))
+                expect_instance=src.info.instance_id, auth=self.config.control_auth))
         except Exception as exc:  # noqa: BLE001 -- MemPoolError and friends: recompute instead
             logger.warning("migration %s -> %s failed: %s", src.id, dst.id, exc)
             self.metrics.migrations.labels("failed").inc()

@@ -4,22 +4,62 @@ Messages are orjson dicts. A reply is ``{"ok": true, "instance": ID, ...}`` or `
 "instance": ID, "error": TYPE, "message": TEXT}``; :func:`rpc_call` turns the latter back into the
 typed error. The server runs one thread with a ROUTER socket bound to the configured host; ops
 named slow run on threads of their own.
+
+With a shared secret (:mod:`.auth`: ``MEMSERVE_SECRET_FILE`` / ``MEMSERVE_SECRET`` or an explicit
+:class:`~.auth.ControlAuth`) every request and reply carries an HMAC frame before its body; the
+server answers unauthenticated, stale and replayed requests with an ``AuthError`` reply without
+running them, and keeps serving.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
 import queue
 import threading
-import time
 from collections.abc import Callable
+from typing import Final
 
 import orjson
 import zmq
 
 from . import errors
+from .auth import AuthError, ControlAuth, RequestVerifier, load_auth
 from .errors import MemPoolError, TransferError, TransferTimeout, UnknownPeer
 
 Handler = Callable[[dict], dict]
+
+
+class _FromEnv:
+    """Type of :data:`FROM_ENV`."""
+
+    def __repr__(self) -> str:
+        return "FROM_ENV"
+
+
+FROM_ENV: Final = _FromEnv()
+"""``auth=FROM_ENV``: the secret of the process's environment (:func:`~.auth.load_auth`), so
+code that does not pass one (the cache backend, peers, clients) follows the launcher's setting."""
+
+AuthArg = ControlAuth | None | _FromEnv
+
+
+def _resolve(auth: AuthArg) -> ControlAuth | None:
+    return load_auth() if isinstance(auth, _FromEnv) else auth
+
+
+def _error_class(name: object) -> type[MemPoolError]:
+    cls = AuthError if name == "AuthError" else getattr(errors, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, MemPoolError):
+        return cls
+    return TransferError
+
+
+def _error_reply(instance: str, e: BaseException) -> dict:
+    typed = isinstance(e, MemPoolError)
+    return {"ok": False, "instance": instance,
+            "error": type(e).__name__ if typed else "MemPoolError",
+            "message": str(e) if typed else f"{type(e).__name__}: {e}"}
 
 
 class RpcServer:
@@ -36,6 +76,11 @@ class RpcServer:
             NOTE: without this two instances pushing to each other deadlock until both time
             out -- each one's only thread waits for its own push, whose ``kv_prepare`` the
             other's busy thread cannot answer.
+        auth: the shared secret requests must be signed with (None: no authentication;
+            default: the environment's, see :mod:`.auth`).
+
+    Raises:
+        AuthError: the environment names a secret file that cannot be read.
     """
 
     def __init__(
@@ -48,11 +93,16 @@ class RpcServer:
         on_idle: Callable[[], None] | None = None,
         idle_s: float = 0.1,
         slow_ops: frozenset[str] = frozenset(),
+        auth: AuthArg = FROM_ENV,
     ) -> None:
         self.instance_id = instance_id
         self.handlers = handlers
         self.slow_ops = slow_ops
-        self._done: queue.SimpleQueue[tuple[list[bytes], dict]] = queue.SimpleQueue()
+        resolved = _resolve(auth)
+        self._verifier = RequestVerifier(resolved) if resolved is not None else None
+        self.refused = 0  # requests answered with an AuthError (for tests and logs)
+        self._done: queue.SimpleQueue[tuple[list[bytes], bytes | None, dict]] = \
+            queue.SimpleQueue()
         self._on_idle = on_idle
         self._idle_ms = int(idle_s * 1000)
         self._ctx = zmq.Context()
@@ -74,6 +124,11 @@ class RpcServer:
         self._thread = threading.Thread(target=self._loop, name=f"rpc-{instance_id}", daemon=True)
         self._thread.start()
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests must be signed."""
+        return self._verifier is not None
+
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
@@ -84,16 +139,9 @@ class RpcServer:
                 if self._wake_rx in ready:
                     self._wake_rx.recv()
                     while not self._done.empty():
-                        frames, reply = self._done.get()
-                        self._sock.send_multipart([*frames[:-1], orjson.dumps(reply)])
+                        self._send(*self._done.get())
                 if self._sock in ready:
-                    frames = self._sock.recv_multipart()
-                    if self._op(frames[-1]) in self.slow_ops:
-                        threading.Thread(target=self._slow, args=(frames,), daemon=True,
-                                         name=f"rpc-slow-{self.instance_id}").start()
-                    else:
-                        reply = self._handle(frames[-1])
-                        self._sock.send_multipart([*frames[:-1], orjson.dumps(reply)])
+                    self._receive(self._sock.recv_multipart())
                 if self._on_idle is not None:
                     self._on_idle()
         finally:
@@ -101,22 +149,49 @@ class RpcServer:
             self._wake_rx.close(0)
             self._wake_tx.close(0)
 
-    @staticmethod
-    def _op(raw: bytes) -> str | None:
+    def _receive(self, frames: list[bytes]) -> None:
+        # A DEALER's request arrives as [identity, b"", (auth header,) body]; anything else is
+        # answered on the identity frame with an error.
+        cut = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
+        envelope, payload = frames[:cut], frames[cut:]
+        nonce: bytes | None = None
         try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        return msg.get("op") if isinstance(msg, dict) else None
+            if len(payload) not in (1, 2):
+                raise MemPoolError(f"malformed request: {len(payload)} payload frames")
+            header, body = (payload[0] if len(payload) == 2 else None), payload[-1]
+            if self._verifier is not None:
+                try:
+                    nonce = self._verifier.verify(header, body)
+                except AuthError:
+                    self.refused += 1
+                    raise
+            msg = orjson.loads(body)
+            if not isinstance(msg, dict):
+                raise MemPoolError(f"a request is a JSON object, got {type(msg).__name__}")
+        except (MemPoolError, orjson.JSONDecodeError) as e:
+            self._send(envelope, nonce, _error_reply(self.instance_id, e))
+            return
+        if msg.get("op") in self.slow_ops:
+            threading.Thread(target=self._slow, args=(envelope, nonce, msg), daemon=True,
+                             name=f"rpc-slow-{self.instance_id}").start()
+        else:
+            self._send(envelope, nonce, self._handle(msg))
 
-    def _slow(self, frames: list[bytes]) -> None:
-        self._done.put((frames, self._handle(frames[-1])))
+    def _send(self, envelope: list[bytes], nonce: bytes | None, reply: dict) -> None:
+        body = orjson.dumps(reply)
+        if nonce is not None and self._verifier is not None:
+            self._sock.send_multipart([*envelope, self._verifier.auth.reply_mac(nonce, body),
+                                       body])
+        else:
+            self._sock.send_multipart([*envelope, body])
+
+    def _slow(self, envelope: list[bytes], nonce: bytes | None, msg: dict) -> None:
+        self._done.put((envelope, nonce, self._handle(msg)))
         with self._wake_lock:
             self._wake_tx.send(b"")
 
-    def _handle(self, raw: bytes) -> dict:
+    def _handle(self, msg: dict) -> dict:
         try:
-            msg = orjson.loads(raw)
             to = msg.get("to")
             if to is not None and to != self.instance_id:
                 # Checked before any handler runs: a misaddressed request changes nothing here.
@@ -125,20 +200,8 @@ class RpcServer:
             if handler is None:
                 raise MemPoolError(f"unknown op {msg.get('op')!r}")
             return {"ok": True, "instance": self.instance_id, **handler(msg)}
-        except MemPoolError as e:
-            return {
-                "ok": False,
-                "instance": self.instance_id,
-                "error": type(e).__name__,
-                "message": str(e),
-            }
         except Exception as e:  # noqa: BLE001 -- a bad request must not kill the server
-            return {
-                "ok": False,
-                "instance": self.instance_id,
-                "error": "MemPoolError",
-                "message": f"{type(e).__name__}: {e}",
-            }
+            return _error_reply(self.instance_id, e)
 
     def close(self) -> None:
         """Stop the thread and close the socket."""
@@ -147,8 +210,42 @@ class RpcServer:
         self._ctx.term()
 
 
+class _ProcessContext:
+    """The ZMQ context of :func:`rpc_call`, one per process, created on first use.
+
+    Why this is safe: a ZMQ context is thread-safe (each call still makes its own socket, which
+    only its thread touches), and a child process never uses its parent's -- libzmq contexts do
+    not survive ``fork`` (their I/O thread is not copied). ``reset`` runs in every forked child
+    (``os.register_at_fork``) and drops the inherited context and lock without touching them,
+    and the pid check covers a child made some other way; the child then creates its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ctx: zmq.Context | None = None
+        self._pid = -1
+
+    def get(self) -> zmq.Context:
+        ctx = self._ctx
+        if ctx is not None and self._pid == os.getpid() and not ctx.closed:
+            return ctx
+        with self._lock:
+            if self._ctx is None or self._pid != os.getpid() or self._ctx.closed:
+                self._ctx, self._pid = zmq.Context(), os.getpid()
+            return self._ctx
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._ctx, self._pid = None, -1
+
+
+_CONTEXT = _ProcessContext()
+os.register_at_fork(after_in_child=_CONTEXT.reset)
+
+
 def rpc_call(
-    endpoint: str, msg: dict, *, timeout_s: float, expect_instance: str | None = None
+    endpoint: str, msg: dict, *, timeout_s: float, expect_instance: str | None = None,
+    auth: AuthArg = FROM_ENV,
 ) -> dict:
     """Send one request and wait for its reply.
 
@@ -156,6 +253,8 @@ def rpc_call(
         endpoint: the server's endpoint. msg: the request (must have ``"op"``).
         timeout_s: bound on connect + send + reply.
         expect_instance: if given, a reply from another instance raises :class:`UnknownPeer`.
+        auth: sign the request and check the reply's MAC with this secret (None: unsigned;
+            default: the environment's, see :mod:`.auth`).
 
     Returns:
         The reply's fields.
@@ -164,30 +263,49 @@ def rpc_call(
         TransferTimeout: no reply within ``timeout_s``.
         UnknownPeer: the answering instance is not ``expect_instance`` (the server refuses such
             a request before acting on it).
+        AuthError: the server refused the request's authentication, or (with ``auth``) its
+            reply is not signed with the secret.
         MemPoolError (subclass named by the server): the server refused.
     """
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)  # DEALER: no REQ state machine to get stuck after a timeout
+    resolved = _resolve(auth)
+    if expect_instance is not None:
+        msg = {**msg, "to": expect_instance}
+    body = orjson.dumps(msg)
+    nonce = b""
+    frames = [b"", body]
+    if resolved is not None:
+        header, nonce = resolved.sign_request(body)
+        frames = [b"", header, body]
+    # DEALER: no REQ state machine to get stuck after a timeout; a late reply to a closed
+    # socket is dropped.
+    sock = _CONTEXT.get().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        if expect_instance is not None:
-            msg = {**msg, "to": expect_instance}
-        sock.send_multipart([b"", orjson.dumps(msg)])
-        deadline = time.monotonic() + timeout_s
-        if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        sock.send_multipart(frames)
+        if not sock.poll(max(1, int(timeout_s * 1000))):
             raise TransferTimeout(f"{msg.get('op')} to {endpoint}: no reply in {timeout_s:.1f}s")
-        reply = orjson.loads(sock.recv_multipart()[-1])
+        parts = sock.recv_multipart()
     finally:
         sock.close(0)
-        ctx.term()
+    payload = parts[1:] if parts and parts[0] == b"" else parts
+    try:
+        reply = orjson.loads(payload[-1])
+    except (orjson.JSONDecodeError, IndexError) as e:
+        raise TransferError(f"{endpoint}: unreadable reply ({e})") from e
+    if not isinstance(reply, dict):
+        raise TransferError(f"{endpoint}: reply is not a JSON object")
+    if resolved is not None and not (
+            len(payload) == 2
+            and hmac.compare_digest(payload[0], resolved.reply_mac(nonce, payload[-1]))):
+        said = f" (it said {reply.get('error')}: {reply.get('message')})" if not reply.get(
+            "ok") else ""
+        raise AuthError(f"{endpoint}: reply not signed with the shared secret{said}")
     if expect_instance is not None and reply.get("instance") != expect_instance:
         raise UnknownPeer(
             f"{endpoint} is {reply.get('instance')!r}, not the expected {expect_instance!r}"
         )
     if not reply.get("ok"):
-        cls = getattr(errors, str(reply.get("error")), None)
-        if not (isinstance(cls, type) and issubclass(cls, MemPoolError)):
-            cls = TransferError
+        cls = _error_class(reply.get("error"))
         raise cls(f"{reply.get('instance')}: {reply.get('message')}")
     return reply

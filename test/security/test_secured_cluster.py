@@ -1,0 +1,167 @@
+"""A 1P1D cluster (real prefill, decode and memserve-router processes, PD-Caching-3) started with
+``--mempool-secret-file`` everywhere: no process of it listens outside 127.0.0.1; the router's
+signed snapshots and decode's signed KV return work; unsigned, wrong-key and replayed control
+requests to the prefill instance are refused with a typed error; the cluster keeps serving."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import zmq
+from socket_audit import Listener, listeners, outside, tree_pids
+
+from sglang_memserve.mempool.auth import AuthError, ControlAuth
+from sglang_memserve.mempool.rpc import rpc_call
+from sglang_memserve.pd import PdCluster, PdOptions
+
+HOST = "127.0.0.1"
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+PROMPT = list(range(10, 90))
+
+
+class Secured:
+    def __init__(self, pd: PdCluster, auth: ControlAuth) -> None:
+        self.pd, self.auth = pd, auth
+
+    def state(self, which: str) -> dict[str, Any]:
+        server = getattr(self.pd, which)
+        info = requests.get(f"{server.url}/server_info", timeout=30).json()
+        return info["internal_states"][0]["memserve"]
+
+    def control(self, which: str) -> str:
+        return str(self.state(which)["endpoints"]["control"])
+
+    def generate(self, ids: list[int]) -> dict:
+        r = requests.post(f"{self.pd.url}/generate", timeout=120,
+                          json={"input_ids": ids, "sampling_params": GREEDY})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+@pytest.fixture(scope="module")
+def secured(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    logs = tmp_path_factory.mktemp("secured")
+    secret = logs / "control.secret"
+    secret.write_text(secrets.token_hex(32))
+    secret.chmod(0o600)
+    flag = ("--mempool-secret-file", str(secret))
+    opts = PdOptions(stage="caching3", common_args=("--model-path", str(tiny_model), *flag),
+                     router_args=flag)
+    with PdCluster(opts, logs, host=HOST) as pd:
+        yield Secured(pd, ControlAuth(secret.read_bytes().strip()))
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def _mooncake(secured: Secured, which: str, found: list[Listener]) -> list[Listener]:
+    """The two listeners of the instance's Mooncake TransferEngine, which binds every interface
+    whatever MC_TCP_BIND_ADDRESS says (docs/reliability.md): its handshake RPC port (the port of
+    the segment it hands peers) and, in the same process, its TCP transport's one ``::``
+    listener (no API names that port)."""
+    control = secured.control(which)
+    prep = rpc_call(control, {"op": "kv_prepare", "txn": f"audit-{which}", "tokens": []},
+                    timeout_s=30, auth=secured.auth)
+    rpc_call(control, {"op": "kv_abort", "txn": f"audit-{which}"}, timeout_s=30,
+             auth=secured.auth)
+    rpc_port = _port(str(prep["segment"]))
+    handshake = [s for s in found if s.port == rpc_port and s.ip != HOST]
+    assert len(handshake) <= 1, handshake
+    if not handshake:
+        return []  # a Mooncake that binds the host: nothing to excuse
+    pid = handshake[0].pid
+    transport = [s for s in found if s.pid == pid and s.ip == "::"]
+    assert len(transport) <= 1, transport
+    return handshake + transport
+
+
+def test_no_listener_outside_the_configured_host(secured: Secured) -> None:
+    pd = secured.pd
+    secured.generate(PROMPT)  # a transfer and a KV return have run: lazy listeners exist
+    procs = {"prefill": pd.prefill.proc, "decode": pd.decode.proc, "router": pd.router.proc}
+    found: list[Listener] = []
+    for proc in procs.values():
+        assert proc is not None and proc.poll() is None
+        found += listeners(tree_pids(proc.pid))
+    excused = _mooncake(secured, "prefill", found) + _mooncake(secured, "decode", found)
+    print("excused (Mooncake):", *map(str, excused), sep="\n  ")
+    bad = [s for s in outside(found, HOST) if s not in excused]
+    assert not bad, "listeners outside 127.0.0.1:\n" + "\n".join(map(str, bad))
+    # Not vacuous: the known listeners are among those listed.
+    ports = {s.port for s in found}
+    expected = {pd.prefill.port, pd.decode.port, pd.router.port, pd.bootstrap_port}
+    for which in ("prefill", "decode"):
+        ends = secured.state(which)["endpoints"]
+        expected |= {_port(ends["control"]), _port(ends["events"])}
+    assert expected <= ports, f"missing {expected - ports} among {sorted(ports)}"
+    on_host = {s.port for s in found if s.ip == HOST}
+    assert expected <= on_host
+
+
+def test_signed_snapshots_and_kv_return_work(secured: Secured) -> None:
+    secured.generate(PROMPT + [5, 6, 7])
+    # Decode's KV return (kv_prepare/kv_commit to prefill, signed) landed on prefill.
+    _wait(lambda: secured.state("prefill")["peer"]["pages_received"] > 0, 30,
+          "the decode's KV return on prefill")
+    # The router joined both instances through a signed snapshot (else their views stay empty
+    # and resyncs are retried).
+    metrics = requests.get(f"{secured.pd.url}/metrics", timeout=10).text
+    resyncs = {m[0]: float(m[1]) for m in re.findall(
+        r'memserve_router_event_resyncs(?:_total)?\{instance="([^"]+)"\} (\S+)', metrics)}
+    assert resyncs.get("prefill-0", 0) >= 1 and resyncs.get("decode-0", 0) >= 1, resyncs
+    counts = rpc_call(secured.control("prefill"), {"op": "integrity"}, timeout_s=30,
+                      auth=secured.auth)["counts"]
+    assert counts["device"]["capacity"] > 0
+
+
+def test_unsigned_wrong_key_and_replayed_requests_refused(secured: Secured) -> None:
+    control = secured.control("prefill")
+    dst = secured.control("decode")
+    before = secured.state("prefill")["peer"]["pushes"]
+    push = {"op": "kv_push", "tokens": PROMPT, "dst": dst}
+    for op in (push, {"op": "snapshot"}):
+        with pytest.raises(AuthError, match="unauthenticated"):
+            rpc_call(control, op, timeout_s=10, auth=None)
+        with pytest.raises(AuthError, match="bad MAC"):
+            rpc_call(control, op, timeout_s=10,
+                     auth=ControlAuth(b"not-the-cluster-secret-0123456789"))
+    # A signed snapshot works; the very same frames sent again are a replay.
+    body = orjson.dumps({"op": "snapshot"})
+    header, _ = secured.auth.sign_request(body)
+    ctx = zmq.Context.instance()
+    replies = []
+    for _ in range(2):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(control)
+        sock.send_multipart([b"", header, body])
+        assert sock.poll(10_000)
+        replies.append(orjson.loads(sock.recv_multipart()[-1]))
+        sock.close(0)
+    assert replies[0]["ok"] is True
+    assert replies[1]["ok"] is False and replies[1]["error"] == "AuthError"
+    assert "replayed" in replies[1]["message"]
+    # Nothing ran, and everything still serves.
+    assert secured.state("prefill")["peer"]["pushes"] == before
+    assert secured.generate(PROMPT)["meta_info"]["completion_tokens"] == 8
+    assert rpc_call(control, {"op": "integrity"}, timeout_s=30, auth=secured.auth)["ok"]
