@@ -43,6 +43,7 @@ import aiohttp
 import requests
 
 from sglang_memserve.bench.metrics import RequestRecord, summarize
+from sglang_memserve.bench.rounds import Spread, ratio_spread, round_order
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess, free_port
 from sglang_memserve.model import ensure_model
 from sglang_memserve.pd.cluster import free_ports
@@ -53,6 +54,8 @@ ROUTERS: dict[str, tuple[str, list[str]]] = {
     "memserve": ("memserve-router (memserve policy)", ["--policy", "memserve"]),
     "memserve-nomig": ("memserve-router (memserve policy, no migration)",
                        ["--policy", "memserve", "--no-migrate"]),
+    "memserve-greedy": ("memserve-router (memserve policy, no affinity slack)",
+                        ["--policy", "memserve", "--affinity-slack", "0"]),
     "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),
     "sglang-cache-aware": ("sglang-router cache_aware", ["--policy", "cache_aware"]),
     "sglang-rr": ("sglang-router round_robin", ["--policy", "round_robin"]),
@@ -230,6 +233,40 @@ def sharegpt_workload(a: argparse.Namespace, model: Path) -> tuple[list[list[int
     return [ids for _, ids in timed], [t / a.speedup for t, _ in timed]
 
 
+def _replay_through(name: str, servers: Sequence[ServerProcess], prompts: list[list[int]],
+                    arrivals: list[float], logs: Path) -> dict[str, Any]:
+    """Start router configuration ``name`` in front of ``servers`` (their caches flushed first),
+    replay the requests through it, stop it; returns the replay's summary."""
+    for s in servers:
+        requests.post(f"{s.url}/flush_cache", timeout=30)
+    label, args = ROUTERS[name]
+    urls = [s.url for s in servers]
+    if name.startswith("sglang"):
+        proc: Any = SglangRouter(urls, args, logs)
+        url = proc.start()
+    else:
+        proc = MemServeRouterProcess(["--worker-urls", *urls, *args, "--log-level", "warning"],
+                                     logs)
+        url = proc.start().url
+    try:
+        inst_pids = [s.proc.pid for s in servers if s.proc is not None]
+        cpu0 = (_tree_cpu_s(inst_pids), _tree_cpu_s([proc.proc.pid]))
+        t0 = time.perf_counter()
+        records = asyncio.run(replay_trace(url, prompts, arrivals))
+        wall = time.perf_counter() - t0
+        # Where the 2 cores went: the router's own CPU competes with the instances'.
+        summary = summarize(records) | {
+            "wall_s": wall, "label": label,
+            "instances_cpu_s": _tree_cpu_s(inst_pids) - cpu0[0],
+            "router_cpu_s": _tree_cpu_s([proc.proc.pid]) - cpu0[1]}
+        if not name.startswith("sglang"):
+            summary["migrations"] = _router_metric(
+                url, 'memserve_router_migrations_total{outcome="ok"}')
+    finally:
+        proc.stop()
+    return summary
+
+
 def run_hits(a: argparse.Namespace) -> None:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,39 +294,19 @@ def run_hits(a: argparse.Namespace) -> None:
         try:
             for s in servers:
                 s.start(timeout=300)
-            urls = [s.url for s in servers]
-            for name in a.routers:
-                for s in servers:
-                    requests.post(f"{s.url}/flush_cache", timeout=30)
-                label, args = ROUTERS[name]
-                if name.startswith("sglang"):
-                    proc: Any = SglangRouter(urls, args, logs)
-                    url = proc.start()
-                else:
-                    proc = MemServeRouterProcess(["--worker-urls", *urls, *args,
-                                                  "--log-level", "warning"], logs)
-                    url = proc.start().url
-                try:
-                    inst_pids = [s.proc.pid for s in servers if s.proc is not None]
-                    cpu0 = (_tree_cpu_s(inst_pids), _tree_cpu_s([proc.proc.pid]))
-                    t0 = time.perf_counter()
-                    records = asyncio.run(replay_trace(url, prompts, arrivals))
-                    wall = time.perf_counter() - t0
-                    # Where the 2 cores went: the router's own CPU competes with the instances'.
-                    cpu = (_tree_cpu_s(inst_pids) - cpu0[0], _tree_cpu_s([proc.proc.pid]) - cpu0[1])
-                    summary = summarize(records) | {"wall_s": wall, "label": label,
-                                                    "instances_cpu_s": cpu[0],
-                                                    "router_cpu_s": cpu[1]}
-                    if not name.startswith("sglang"):
-                        summary["migrations"] = _router_metric(
-                            url, 'memserve_router_migrations_total{outcome="ok"}')
-                finally:
-                    proc.stop()
-                size["configs"][name] = summary
-                print(f"  {label:40s} hit {summary['hit_rate']:.3f}  TTFT avg "
-                      f"{summary['ttft_avg']:.3f} p50 {summary['ttft_p50']:.3f} p99 "
-                      f"{summary['ttft_p99']:.3f}  failed {summary['failed']}  CPU s "
-                      f"instances {cpu[0]:.1f} router {cpu[1]:.1f}  ({wall:.0f} s)", flush=True)
+            for rnd in range(a.rounds):
+                for name in round_order(a.routers, rnd):
+                    summary = _replay_through(name, servers, prompts, arrivals, logs)
+                    summary["round"] = rnd
+                    size["configs"].setdefault(name, []).append(summary)
+                    print(f"  round {rnd} {summary['label']:40s} hit {summary['hit_rate']:.3f}  "
+                          f"TTFT avg {summary['ttft_avg']:.3f} p50 {summary['ttft_p50']:.3f} "
+                          f"p99 {summary['ttft_p99']:.3f}  failed {summary['failed']}  CPU s "
+                          f"instances {summary['instances_cpu_s']:.1f} router "
+                          f"{summary['router_cpu_s']:.1f}  ({summary['wall_s']:.0f} s)",
+                          flush=True)
+                (out_dir / "router_bench.json").write_text(json.dumps(
+                    results | {"sizes": {**results["sizes"], str(kv): size}}, indent=1))
         finally:
             for s in servers:
                 s.stop()
@@ -299,24 +316,52 @@ def run_hits(a: argparse.Namespace) -> None:
     print(_hits_table(results))
 
 
+def _col(runs: list[dict], key: str) -> Spread:
+    return Spread(tuple(float(r[key]) for r in runs))
+
+
+def _short(sp: Spread, nd: int = 3) -> str:
+    """``mean`` or ``mean (min-max)`` over rounds."""
+    if len(sp.values) == 1:
+        return f"{sp.mean:.{nd}f}"
+    return f"{sp.mean:.{nd}f} ({sp.lo:.{nd}f}-{sp.hi:.{nd}f})"
+
+
+def _ratio(runs: list[dict], ref: list[dict] | None, key: str) -> str:
+    """Per-round ``runs[key] / ref[key]`` as ``mean (min-max)``, or ``-`` without ``ref``."""
+    if not ref:
+        return "-"
+    return _short(ratio_spread([r[key] for r in runs], [r[key] for r in ref]), 2)
+
+
 def _hits_table(results: dict[str, Any]) -> str:
-    lines = ["| KV tokens / instance | configuration | hit rate | of LRU oracle | TTFT avg | "
-             "TTFT p50 | TTFT p99 | JCT avg | JCT p99 | migrations | CPU s: instances / router "
-             "| failed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Per memory size and configuration: each figure's mean over rounds (min-max when there
+    are several), and per-round ratios against sglang-router's policies where both ran."""
+    lines = ["| KV tokens / instance | configuration | hit rate | of LRU oracle | hit / "
+             "cache_aware's | TTFT avg | TTFT p50 | TTFT p99 | p99 / round robin's | JCT avg "
+             "| migrations | CPU s: instances / router | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kv, size in results["sizes"].items():
-        lru = size["oracle_lru"]
+        lru, confs = size["oracle_lru"], size["configs"]
         lines.append(f"| {kv} | oracle: infinite shared cache | {size['oracle_infinite']:.3f} |"
-                     + " |" * 9)
+                     + " |" * 10)
         lines.append(f"| {kv} | oracle: shared LRU, cluster capacity | {lru:.3f} | 1.00 |"
-                     + " |" * 8)
-        for s in size["configs"].values():
-            cpu = (f"{s['instances_cpu_s']:.0f} / {s['router_cpu_s']:.1f}"
-                   if "router_cpu_s" in s else "-")
-            lines.append(f"| {kv} | {s['label']} | {s['hit_rate']:.3f} | "
-                         f"{s['hit_rate'] / lru if lru else float('nan'):.2f} | "
-                         f"{s['ttft_avg']:.3f} | {s['ttft_p50']:.3f} | {s['ttft_p99']:.3f} | "
-                         f"{s['jct_avg']:.3f} | {s['jct_p99']:.3f} | "
-                         f"{s.get('migrations', '-')} | {cpu} | {s['failed']} |")
+                     + " |" * 9)
+
+        for runs in confs.values():
+            hit = _col(runs, "hit_rate")
+            mig = _short(_col(runs, "migrations"), 0) if "migrations" in runs[0] else "-"
+            cpu = (f"{_col(runs, 'instances_cpu_s').mean:.0f} / "
+                   f"{_col(runs, 'router_cpu_s').mean:.1f}")
+            lines.append(
+                f"| {kv} | {runs[0]['label']} | {_short(hit)} | "
+                f"{hit.mean / lru if lru else float('nan'):.2f} | "
+                f"{_ratio(runs, confs.get('sglang-cache-aware'), 'hit_rate')} | "
+                f"{_short(_col(runs, 'ttft_avg'))} | {_short(_col(runs, 'ttft_p50'))} | "
+                f"{_short(_col(runs, 'ttft_p99'))} | "
+                f"{_ratio(runs, confs.get('sglang-rr'), 'ttft_p99')} | "
+                f"{_short(_col(runs, 'jct_avg'))} | {mig} | {cpu} | "
+                f"{sum(int(r['failed']) for r in runs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -447,6 +492,9 @@ def main() -> None:
     h.add_argument("--speedup", type=float, default=8.0,
                    help="replay the trace this many times faster than recorded")
     h.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=list(ROUTERS))
+    h.add_argument("--rounds", type=int, default=1,
+                   help="replay every router this many times per memory size, alternating "
+                        "the order (ratios are per round)")
     o = sub.add_parser("overhead")
     o.add_argument("--out", default="results/router-overhead")
     o.add_argument("--stubs", type=int, default=2)

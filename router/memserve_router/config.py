@@ -52,6 +52,9 @@ class RouterConfig:
         min_migrate_gain_s: a migration must beat serving locally by this much: its fixed cost
             (control round trips through both instances' scheduler loops) is not in the cost
             table's per-page figure.
+        affinity_slack: the ``memserve`` policy keeps a request on the holder of its longest
+            cached prefix unless another option is estimated faster by more than this
+            fraction of the holder's estimate.
         cache_threshold, balance_abs_threshold, balance_rel_threshold: the ``prefix``
             policy's thresholds (sglang-router's ``cache_aware`` defaults).
         health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
@@ -84,6 +87,7 @@ class RouterConfig:
     transfer_per_page_s: float | None = None
     migrate: bool = True
     min_migrate_gain_s: float = 0.05
+    affinity_slack: float = 0.5
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5

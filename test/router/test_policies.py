@@ -390,6 +390,50 @@ def test_memserve_migration_overhead_is_in_the_explained_estimate():
     assert p.migration_overhead_s >= 0.0
 
 
+def test_memserve_affinity_keeps_the_holder_within_the_slack():
+    """The holder of the longest prefix, queued, is estimated slower than an idle miss; with
+    a slack above that gap it keeps the request, with a slack below it does not."""
+    x = 2048
+    t = load_table("cpu-bench")
+    hit = 1024
+    # holder's estimate = wait + exec(x, hit); idle miss = exec(x, 0): pick the wait so the
+    # holder is 25% slower than the miss.
+    wait = 1.25 * t.exec_time(x, 0) - t.exec_time(x, hit)
+    cs = [cand("idle"), cand("holder", hit=hit, wait=wait)]
+    greedy = memserve(migrate=False).select(RouteRequest(x), cs)
+    assert greedy.instance_id == "idle"
+    kept = memserve(migrate=False, affinity_slack=0.3).select(RouteRequest(x), cs)
+    assert kept.instance_id == "holder" and "longest prefix" in kept.reason
+    moved = memserve(migrate=False, affinity_slack=0.1).select(RouteRequest(x), cs)
+    assert moved.instance_id == "idle"
+
+
+def test_memserve_affinity_also_holds_off_migration():
+    x, c_hit, h_hit = 4096, 0, 2048
+    p = memserve(affinity_slack=0.5)
+    cs, _ = boundary_state(p, x, c_hit, h_hit)   # the holder is queued 10x exec(x, 0)
+    assert memserve().select(RouteRequest(x), cs).migrate_from == "h"
+    d = p.select(RouteRequest(x), cs)
+    # A 50% slack does not cover a 10x queue: the holder loses and migration is still open.
+    assert d.instance_id == "c" and d.migrate_from == "h"
+    near = [cand("c"), cand("h", hit=h_hit, wait=0.01)]
+    d2 = p.select(RouteRequest(x), near)
+    assert d2.instance_id == "h" and d2.migrate_from is None
+
+
+def test_memserve_affinity_without_any_hit_is_the_plain_choice():
+    p = memserve(affinity_slack=0.5)
+    cs = [cand("a", 3), cand("b", 0), cand("c", 1)]
+    assert p.select(RouteRequest(512), cs).instance_id == "b"
+
+
+def test_affinity_slack_is_validated():
+    with pytest.raises(ValueError, match="affinity_slack"):
+        PolicyConfig(affinity_slack=1.0)
+    with pytest.raises(ValueError, match="affinity_slack"):
+        PolicyConfig(affinity_slack=-0.1)
+
+
 def test_memserve_migration_can_be_disabled():
     p = memserve(migrate=False)
     cs, _ = boundary_state(p, 4096, 0, 2048)

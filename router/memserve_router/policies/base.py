@@ -189,6 +189,11 @@ class PolicyConfig:
             estimates spread over idle instances instead of piling onto one.
         max_migrate_sources: ``memserve``: distinct longest hit lengths considered as migration
             sources (bounds the decision's cost; shorter holders save less and rarely win).
+        affinity_slack: ``memserve``: the instance holding the longest cached prefix keeps the
+            request unless another option's estimate is below the holder's by more than this
+            fraction of it (0: pure lowest estimate). The estimates are a queue model over a
+            cost table; moving a conversation on a small predicted gain loses its cache for a
+            gain inside the model's error.
         session_table_size: ``session``: sessions remembered (least recently used evicted).
     """
 
@@ -201,6 +206,7 @@ class PolicyConfig:
     min_migrate_gain_s: float = 0.0
     load_per_request_s: float = 1e-3
     max_migrate_sources: int = 4
+    affinity_slack: float = 0.0
     session_table_size: int = 100_000
 
     def __post_init__(self) -> None:
@@ -212,6 +218,8 @@ class PolicyConfig:
             raise ValueError(f"transfer_per_page_s must be >= 0, got {self.transfer_per_page_s}")
         if self.min_migrate_gain_s < 0 or self.load_per_request_s < 0:
             raise ValueError("min_migrate_gain_s and load_per_request_s must be >= 0")
+        if not 0.0 <= self.affinity_slack < 1.0:
+            raise ValueError(f"affinity_slack must be in [0, 1), got {self.affinity_slack}")
         if self.max_migrate_sources < 1 or self.session_table_size < 1:
             raise ValueError("max_migrate_sources and session_table_size must be >= 1")
 

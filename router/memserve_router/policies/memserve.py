@@ -144,8 +144,12 @@ class MemServePolicy(Policy):
         # Among equal estimates the longest hit wins: it keeps a conversation where its KV is
         # (cost tables flatten out for short prompts, where a hit saves less than the noise).
         longest = max(c.hit_tokens for c in tied)
+        kept = self._affinity(candidates, local, best_local)
+        if kept is not None:
+            tied, longest = kept, kept[0].hit_tokens
         pick = self._rotate(self._fewest_requests([c for c in tied if c.hit_tokens == longest]))
-        chosen_mig = self._eligible_migration(migs, local, holder, best_local)
+        chosen_mig = (None if kept is not None
+                      else self._eligible_migration(migs, local, holder, best_local))
         if chosen_mig is not None:
             ti, src_hit = chosen_mig
             target, source = candidates[ti], candidates[holder[src_hit][2]]
@@ -158,9 +162,12 @@ class MemServePolicy(Policy):
                                 src_hit, have)
         else:
             chosen = self._estimate(x, pick, min(pick.hit_tokens, x))
+            why = (f"holds the longest prefix: estimate {chosen.total_s * 1e3:.2f} ms, within "
+                   f"{cfg.affinity_slack:.0%} of the best {best_local * 1e3:.2f} ms"
+                   if kept is not None and chosen.total_s > best_local + _TIE_S
+                   else f"lowest estimate {chosen.total_s * 1e3:.2f} ms")
             decision = Decision(pick.instance_id, self.name,
-                                f"lowest estimate {chosen.total_s * 1e3:.2f} ms, hit "
-                                f"{chosen.hit_tokens}/{x} tokens")
+                                f"{why}, hit {chosen.hit_tokens}/{x} tokens")
         if not request.explain:
             return _with_estimates(decision, (chosen,))
         return _with_estimates(decision, self._all_estimates(x, candidates, exec_by_hit, migs,
@@ -251,6 +258,23 @@ class MemServePolicy(Policy):
         return Estimate(target.instance_id, src_hit, host, exec_s=self.exec_s(x, src_hit),
                         transfer_s=self.transfer_s(src_hit - hit),
                         migrate_from=source.instance_id, **common)
+
+    def _affinity(self, candidates: Sequence[Candidate], local: list[float], best_local: float
+                  ) -> list[Candidate] | None:
+        """The holders of the longest cached prefix whose estimate is the holders' best, when
+        that best is within ``affinity_slack`` of the overall best (they keep the request);
+        None when no instance holds a prefix, slack is 0, or the holders lose by more."""
+        slack = self.config.affinity_slack
+        if slack <= 0.0:
+            return None
+        longest = max(c.hit_tokens for c in candidates)
+        if longest <= 0:
+            return None
+        own = [(t, c) for c, t in zip(candidates, local, strict=True) if c.hit_tokens == longest]
+        best_own = min(t for t, _ in own)
+        if best_own * (1.0 - slack) > best_local + _TIE_S:
+            return None
+        return [c for t, c in own if t <= best_own + _TIE_S]
 
     @staticmethod
     def _fewest_requests(tied: list[Candidate]) -> list[Candidate]:
