@@ -1,0 +1,138 @@
+"""Simulated requests from the project's workload loaders.
+
+* Mooncake conversation trace (:func:`sglang_memserve.workloads.trace.load_trace`, its synthetic
+  fallback without the file): each hash id is one block of ``unit_tokens`` tokens, so equal
+  hash ids are equal blocks and the real prompt lengths and timestamps are kept. ``replicas``
+  copies of the trace, each with its own block ids (block 0, the shared system prompt, stays
+  shared) and shifted in time by an equal share of the trace's span, scale the rate with the
+  cluster while keeping the trace's sharing pattern.
+* ShareGPT multi-turn (:func:`sglang_memserve.workloads.data.load_sharegpt`): token counts from
+  characters (4 per token), block ids synthetic and unique per conversation; turn ``k + 1``'s
+  prompt is turn ``k``'s prompt + its answer + the next user turn, and it arrives ``think_s``
+  after turn ``k`` finished (closed loop), so the answer's KV can be reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sglang_memserve.workloads.data import load_sharegpt
+from sglang_memserve.workloads.trace import TRACE_BLOCK_TOKENS, load_trace
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class SimRequest:
+    """One request.
+
+    Attributes:
+        rid: index in the workload.
+        arrival_s: when it reaches the router (simulated seconds; a follow-up turn's is set when
+            its previous turn ends).
+        blocks: the prompt as block ids (one per ``unit_tokens`` tokens, the last one partial).
+        tokens: prompt length in tokens.
+        output_tokens: tokens it generates (>= 1).
+        output_blocks: block ids of its answer (the next turn's prompt carries them).
+        session: conversation id (``session`` policy, closed-loop turns).
+        follow: the next turn of its conversation and the think time before it, if any.
+    """
+
+    rid: int
+    arrival_s: float
+    blocks: tuple[int, ...]
+    tokens: int
+    output_tokens: int
+    output_blocks: tuple[int, ...] = ()
+    session: str | None = None
+    follow: tuple[SimRequest, float] | None = field(default=None, repr=False)
+
+
+def mooncake(path: Path | None = None, *, limit: int | None = None, replicas: int = 1,
+             speedup: float = 1.0, seed: int = 0) -> list[SimRequest]:
+    """The Mooncake conversation trace as simulated requests (module docstring).
+
+    Args:
+        path: a trace file (default: the data directory's, else a synthetic trace).
+        limit: keep the first ``limit`` requests by arrival (after replication).
+        replicas: trace copies (>= 1).
+        speedup: divide every arrival time by this (> 0).
+
+    Returns:
+        Requests sorted by arrival; each answer gets fresh block ids (the trace does not say
+        whether later turns carry the answer, so it is never assumed to be reused).
+
+    Raises:
+        ValueError: ``replicas < 1`` or ``speedup <= 0``, or a bad trace line.
+    """
+    if replicas < 1 or speedup <= 0:
+        raise ValueError(f"need replicas >= 1 and speedup > 0, got {replicas}, {speedup}")
+    trace = load_trace(path, seed=seed)
+    span = max((r.arrival_s for r in trace), default=0.0) + 1.0
+    top = max((h for r in trace for h in r.hash_ids), default=0) + 1
+    rows = []
+    for c in range(replicas):
+        shift = span * c / replicas
+        for r in trace:
+            ids = tuple(h if h == 0 else h + c * top for h in r.hash_ids)
+            rows.append(((r.arrival_s + shift) % span, ids, r.input_length, r.output_length))
+    rows.sort(key=lambda x: x[0])
+    if limit is not None:
+        rows = rows[:limit]
+    fresh = itertools.count(replicas * top)
+    out = []
+    for i, (t, ids, n_in, n_out) in enumerate(rows):
+        n_out = max(1, n_out)
+        out_blocks = tuple(next(fresh) for _ in range(-(-n_out // TRACE_BLOCK_TOKENS)))
+        out.append(SimRequest(i, t / speedup, ids, max(1, n_in), n_out, out_blocks,
+                              session=f"s{ids[1] if len(ids) > 1 else ids[0]}"))
+    return out
+
+
+def sharegpt(path: Path | None = None, *, conversations: int = 200, rate: float = 2.0,
+             think_s: float = 5.0, unit_tokens: int = 16, max_turns: int = 8,
+             seed: int = 0) -> list[SimRequest]:
+    """ShareGPT multi-turn chats as closed-loop conversations (module docstring).
+
+    Args:
+        conversations: how many (file order, at least two user turns each).
+        rate: conversations started per second (Poisson).
+        think_s: seconds between a turn's answer and the next turn.
+        unit_tokens: tokens per block.
+
+    Returns:
+        Every conversation's first turn (their ``follow`` chains hold the later turns; their
+        ``rid`` numbers every turn).
+    """
+    rng = random.Random(seed)
+    convs = load_sharegpt(path, limit=conversations, min_turns=2, max_turns=max_turns)
+    ids = itertools.count(1)
+    rid = itertools.count()
+    firsts: list[SimRequest] = []
+    t = 0.0
+    for conv in convs:
+        t += rng.expovariate(rate)
+        prompt: tuple[int, ...] = ()
+        tokens = 0
+        prev: SimRequest | None = None
+        for k, turn in enumerate(conv.user_turns):
+            n_user = max(1, len(turn) // CHARS_PER_TOKEN)
+            ans = conv.reference_answers[k] if k < len(conv.reference_answers) else ""
+            n_out = max(1, len(ans) // CHARS_PER_TOKEN)
+            tokens += n_user
+            prompt = prompt + tuple(next(ids) for _ in range(-(-tokens // unit_tokens)
+                                                            - len(prompt)))
+            out_blocks = tuple(next(ids) for _ in range(-(-(tokens + n_out) // unit_tokens)
+                                                        - len(prompt)))
+            req = SimRequest(next(rid), t if prev is None else -1.0, prompt, tokens, n_out,
+                             out_blocks, session=conv.id)
+            if prev is None:
+                firsts.append(req)
+            else:
+                prev.follow = (req, think_s)
+            prev = req
+            prompt, tokens = prompt + out_blocks, tokens + n_out
+    return firsts

@@ -1,0 +1,46 @@
+"""``python -m sglang_memserve.sim``: a run from the command line, and bad input refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sglang_memserve.sim.__main__ import main
+
+
+def test_cli_runs_the_synthetic_trace_and_checks_the_mirrors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEMSERVE_DATA_DIR", str(tmp_path))  # no trace file: the synthetic one
+    out = tmp_path / "run.json"
+    rc = main(["--instances", "3", "--policy", "prefix", "--requests", "120",
+               "--hbm-tokens", "200000", "--check", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "router trees == instance indexes: yes" in text
+    res = json.loads(out.read_text())
+    assert res["policy"] == "prefix" and res["requests"] == res["finished"] == 120
+    assert 0 < res["hit_rate"] <= res["oracle_hit_rate"] <= 1
+    assert res["ttft_p99_s"] >= res["ttft_p50_s"] > 0 and res["decision_p50_us"] > 0
+
+
+def test_cli_sharegpt_pd_with_kv_return(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--instances", "4", "--pd", "--workload", "sharegpt", "--requests", "20",
+               "--think-s", "1", "--check"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "yes" in text.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--instances", "0"], "at least 1 instances"),
+    (["--policy", "nope"], "unknown routing policy"),
+    (["--cost-table", "no-such-table"], "no cost table"),
+    (["--unit-tokens", "100"], "not a multiple"),
+])
+def test_cli_refuses_bad_input_with_the_cause(argv: list[str], why: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert why in capsys.readouterr().err
