@@ -193,7 +193,8 @@ class PolicyConfig:
             request unless another option's estimate is below the holder's by more than this
             fraction of it (0: pure lowest estimate). The estimates are a queue model over a
             cost table; moving a conversation on a small predicted gain loses its cache for a
-            gain inside the model's error.
+            gain inside the model's error. Migrations (the cache moves along) are not held
+            back by it.
         session_table_size: ``session``: sessions remembered (least recently used evicted).
     """
 

@@ -148,8 +148,8 @@ class MemServePolicy(Policy):
         if kept is not None:
             tied, longest = kept, kept[0].hit_tokens
         pick = self._rotate(self._fewest_requests([c for c in tied if c.hit_tokens == longest]))
-        chosen_mig = (None if kept is not None
-                      else self._eligible_migration(migs, local, holder, best_local))
+        # A migration moves the cache along, so the slack does not apply to it.
+        chosen_mig = self._eligible_migration(migs, local, holder, best_local)
         if chosen_mig is not None:
             ti, src_hit = chosen_mig
             target, source = candidates[ti], candidates[holder[src_hit][2]]
