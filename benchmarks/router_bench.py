@@ -429,7 +429,8 @@ def run_decision(a: argparse.Namespace) -> None:
     rng = random.Random(0)
     page = 16
     system = [rng.randrange(10, 30000) for _ in range(1024)]
-    print(f"one decision, 4,096-token prompt, page {page}, {a.calls} calls per size")
+    print(f"one decision, 4,096-token prompt, page {page}, {a.calls} calls per size",
+          flush=True)
     print("| instances | tree match p50 (us) | candidates + policy p50 (us) | decision p50 (us) "
           "| decision p99 (us) | candidates passed |")
     print("|---|---|---|---|---|---|")
@@ -465,6 +466,7 @@ def run_decision(a: argparse.Namespace) -> None:
             t2 = time.perf_counter()
             tm.append(t1 - t0)
             td.append(t2 - t1)
+        cluster.feed.close()  # its ZMQ context would block the next size's garbage collection
         med = statistics.median
         p99 = statistics.quantiles(td, n=100)[98]
         print(f"| {n} | {med(tm) * 1e6:.0f} | {(med(td) - med(tm)) * 1e6:.0f} | "

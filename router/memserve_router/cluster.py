@@ -12,8 +12,9 @@ import aiohttp
 
 from memserve_router.config import RouterConfig, WorkerSpec
 from memserve_router.feed import EventFeed
-from memserve_router.policies import Candidate
-from memserve_router.trees import GlobalTree, PrefixHit
+from memserve_router.loadindex import SMALL_GROUP, LoadIndex
+from memserve_router.policies import Candidate, PolicyConfig
+from memserve_router.trees import NO_HOLDERS, GlobalTree, HitGroup
 from memserve_router.workers import Worker, WorkerError, WorkerInfo
 
 logger = logging.getLogger("memserve_router")
@@ -38,6 +39,11 @@ class Cluster:
         self.trees: dict[str, GlobalTree] = {}
         self.feed = EventFeed(auth=config.control_auth)
         self.model_path: str | None = None
+        # Per instance type: healthy members by load (exact), members by id, and the last
+        # instances found holding nothing of a prompt (see _no_hit_ids).
+        self.loads: dict[str, LoadIndex] = {}
+        self._by_id: dict[str, list[Worker]] = {}
+        self._no_hit: dict[str, tuple[frozenset[str], int, set[str]]] = {}
         self._tasks: list[asyncio.Task] = []
 
     # ---- membership -----------------------------------------------------------------------
@@ -75,14 +81,25 @@ class Cluster:
             raise WorkerError(f"{spec.url} serves {info.model_path}, the cluster {self.model_path}")
         if spec.role == "prefill" and not (spec.bootstrap_port or info.bootstrap_port):
             raise WorkerError(f"prefill {spec.url} has no bootstrap port")
+        return self.admit(Worker(wid, spec, info))
+
+    def admit(self, worker: Worker) -> Worker:
+        """Make ``worker`` a member (the synchronous part of :meth:`join`): its type's tree,
+        load order and event feed.
+
+        Raises:
+            WorkerError: a page size that differs from its instance type's tree.
+        """
+        spec, info, wid = worker.spec, worker.info, worker.id
         tree = self.trees.get(spec.role)
         if tree is None:
-            tree = self.trees[spec.role] = GlobalTree(info.page_size)
+            tree = self.trees[spec.role] = GlobalTree(info.page_size, spec.role)
         elif tree.page_size != info.page_size:
             raise WorkerError(f"{spec.url} has page size {info.page_size}; the {spec.role} "
                               f"tree's is {tree.page_size}")
-        worker = Worker(wid, spec, info)
         self.workers[wid] = worker
+        self._by_id.pop(spec.role, None)
+        self._load_index(spec.role).track(worker)
         self.model_path = self.model_path or info.model_path
         if info.events and info.control:
             self.feed.add(wid, tree, info.events, info.control)
@@ -97,6 +114,8 @@ class Cluster:
             KeyError: unknown id.
         """
         worker = self.workers.pop(wid)
+        self._by_id.pop(worker.role, None)
+        self._load_index(worker.role).untrack(wid)
         self.feed.remove(wid)
         tree = self.trees.get(worker.role)
         if tree is not None:
@@ -110,29 +129,87 @@ class Cluster:
 
     # ---- routing inputs -------------------------------------------------------------------
 
-    def candidates(self, role: str, tokens: Sequence[int], exclude: Sequence[str] = (),
-                   keep: int | None = None, per_request_s: float = 1e-3) -> list[Candidate]:
+    def candidates(self, role: str, tokens: Sequence[int], exclude: Sequence[str] = (), *,
+                   per_request_s: float | None = None, last: str | None = None
+                   ) -> list[Candidate]:
         """The healthy instances of ``role`` (less ``exclude``) with their load and cached
-        prefix of ``tokens`` (one walk of the role's tree). Does not modify the trees.
+        prefix of ``tokens`` (one walk of the role's tree), in id order. Modifies nothing but
+        the load order's upkeep (:meth:`LoadIndex.refresh`).
 
         Args:
-            keep: if set, only the ``keep`` least loaded instances of each distinct cached
-                prefix are returned (load: queue wait + requests x ``per_request_s``): for the
-                ``memserve`` policy, which judges an instance by its hit and that load alone,
-                the others cannot win (large clusters).
+            per_request_s: set (to the policy's ``load_per_request_s``) for the ``memserve``
+                policy: then only the instances it can choose are returned -- of each group of
+                instances sharing a hit, the least loaded (and those tied with them, as the
+                rotation needs), found in the role's load order -- so the cost grows with the
+                distinct hits, not the instances, and the policy's choice is the one it makes
+                over all of them (``test/router/test_load_index.py``).
+            last: with ``per_request_s``: the policy's last chosen instance (its rotation).
         """
+        if per_request_s is not None:
+            return self._few_candidates(role, tokens, exclude, per_request_s, last)
         tree = self.trees.get(role)
         hits = tree.match(tokens) if tree is not None and tokens else {}
-        members = [w for w in self.workers.values()
-                   if w.role == role and w.healthy and w.id not in exclude]
-        if keep is not None and len(members) > 4 * keep:
-            members = _least_loaded_per_hit(members, hits, keep, per_request_s)
         out = []
-        for w in members:
-            h = hits.get(w.id)
-            out.append(Candidate(w.id, w.load(), hit_tokens=h.tokens if h else 0,
-                                 host_tokens=h.host_tokens if h else 0))
+        for w in self._members_by_id(role):
+            if w.healthy and w.id not in exclude:
+                h = hits.get(w.id)
+                out.append(Candidate(w.id, w.load(), hit_tokens=h.tokens if h else 0,
+                                     host_tokens=h.host_tokens if h else 0))
         return out
+
+    def _members_by_id(self, role: str) -> list[Worker]:
+        """Every member of ``role`` (healthy or not), by id; cached until one joins or leaves."""
+        out = self._by_id.get(role)
+        if out is None:
+            out = self._by_id[role] = sorted(
+                (w for w in self.workers.values() if w.role == role), key=lambda w: w.id)
+        return out
+
+    def _load_index(self, role: str, per_request_s: float | None = None) -> LoadIndex:
+        """``role``'s load order, refreshed (re-keyed first if ``per_request_s`` differs)."""
+        index = self.loads.get(role)
+        if index is None:
+            index = self.loads[role] = LoadIndex(PolicyConfig().load_per_request_s)
+        if per_request_s is not None and per_request_s != index.per_request_s:
+            index.rekey(per_request_s)
+        index.refresh()
+        return index
+
+    def _few_candidates(self, role: str, tokens: Sequence[int], exclude: Sequence[str],
+                        per_request_s: float, last: str | None) -> list[Candidate]:
+        """:meth:`candidates` for the ``memserve`` policy (see there)."""
+        index = self._load_index(role, per_request_s)
+        tree = self.trees.get(role)
+        match = tree.match_groups(tokens) if tree is not None and tokens else None
+        picked: dict[str, tuple[int, int]] = {}  # id -> (hit tokens, of which host)
+        for g in match.groups if match is not None else ():
+            for wid, hit in _pick_group(index, g, exclude, last):
+                picked[wid] = hit
+        holders = match.holders if match is not None else NO_HOLDERS
+        free = self._no_hit_ids(role, index, holders)
+        if len(free) <= SMALL_GROUP:
+            nohit = index.pick_from(free, exclude, last)
+        else:
+            nohit = index.pick_where(lambda i: i not in holders, exclude, last)
+        for wid in nohit:
+            picked[wid] = (0, 0)
+        out = []
+        for wid in sorted(picked):
+            hit, host = picked[wid]
+            out.append(Candidate(wid, index.worker(wid).load(), hit, host))
+        return out
+
+    def _no_hit_ids(self, role: str, index: LoadIndex, holders: frozenset[str]) -> set[str]:
+        """The healthy members of ``role`` outside ``holders``. ``holders`` is mostly the
+        very frozenset the tree's first node keeps from one prompt to the next, so the answer
+        is cached by that object and the index's membership version (O(n) set difference in C
+        only when either changes)."""
+        cached = self._no_hit.get(role)
+        if cached is not None and cached[0] is holders and cached[1] == index.version:
+            return cached[2]
+        free = index.ids() - holders
+        self._no_hit[role] = (holders, index.version, free)
+        return free
 
     def routed(self, worker: Worker, tokens: Sequence[int], prefill_s: float,
                uncached: int = 0) -> None:
@@ -236,10 +313,11 @@ class Cluster:
         if loads:
             keys = ("num_running_reqs", "num_waiting_reqs", "token_usage",
                     "num_waiting_uncached_tokens")
-            w.polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
-            w.polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+            polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
+            polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+            w.polled = polled  # replaced, never changed in place: the load order watches it
             # Only what this router did not send (its own queue is pending_s already).
-            waiting = int(w.polled["num_waiting_uncached_tokens"]) - w.pending_tokens
+            waiting = int(polled["num_waiting_uncached_tokens"]) - w.pending_tokens
             w.polled_wait_s = self.exec_time(waiting, 0) if waiting > 0 else 0.0
 
     def resync(self, wid: str) -> None:
@@ -255,25 +333,27 @@ class Cluster:
                 self.feed.add(wid, tree, w.info.events, w.info.control)
 
 
-def _least_loaded_per_hit(members: list[Worker], hits: dict[str, PrefixHit], keep: int,
-                          per_request_s: float) -> list[Worker]:
-    """The ``keep`` least loaded members (queue wait + requests x ``per_request_s``) of each
-    distinct hit."""
-    best: dict[tuple[int, int], list[tuple[float, int, Worker]]] = {}
-    for i, w in enumerate(members):
-        h = hits.get(w.id)
-        key = (h.tokens, h.host_tokens) if h else (0, 0)
-        wait = w.pending_s + w.polled_wait_s
-        polled = w.polled
-        r = int(polled.get("num_running_reqs", 0) + polled.get("num_waiting_reqs", 0))
-        r = r if r > w.inflight else w.inflight
-        # The memserve policy's own terms: queue wait plus a small cost per request.
-        score = (wait + r * per_request_s, i, w)
-        group = best.get(key)
-        if group is None:
-            best[key] = [score]
-        elif len(group) < keep:
-            group.append(score)
-        elif score < max(group):
-            group[group.index(max(group))] = score
-    return [entry[2] for group in best.values() for entry in group]
+def _pick_group(index: LoadIndex, g: HitGroup, exclude: Sequence[str], last: str | None
+                ) -> list[tuple[str, tuple[int, int]]]:
+    """The members of ``g`` the ``memserve`` policy can choose, per DRAM part (the policy
+    tells them apart): ``[(id, (hit tokens, host tokens))]``."""
+    members, host, hit = g.members, g.host, g.tokens
+    out = []
+    if host:
+        by_part: dict[int, list[str]] = {}
+        for wid, part in host.items():
+            by_part.setdefault(part, []).append(wid)
+        for part, ids in by_part.items():
+            if len(ids) <= SMALL_GROUP:
+                sel = index.pick_from(ids, exclude, last)
+            else:
+                sel = index.pick_where(lambda i, p=part: host.get(i) == p, exclude, last)
+            out += [(wid, (hit, part)) for wid in sel]
+    if len(members) - len(host) <= SMALL_GROUP:
+        sel = index.pick_from([i for i in members if i not in host], exclude, last)
+    elif host:
+        sel = index.pick_where(lambda i: i in members and i not in host, exclude, last)
+    else:
+        sel = index.pick_where(members.__contains__, exclude, last)
+    out += [(wid, (hit, 0)) for wid in sel]
+    return out

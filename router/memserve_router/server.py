@@ -168,12 +168,15 @@ class Router:
         t0 = time.perf_counter()
         tree = self.cluster.trees.get(role)
         policy = self.policies[role]
-        # memserve judges an instance by its hit and load alone: of instances with the same
-        # hit only the least loaded can win, so a large cluster passes just those.
-        keep = 2 if policy.name == "memserve" else None
-        cands = self.cluster.candidates(role, prompt.tokens, exclude, keep,
-                                        policy.config.load_per_request_s)
         explain = explain or logger.isEnabledFor(logging.DEBUG)
+        # memserve judges an instance by its hit and load alone: the cluster passes only the
+        # instances it can choose (the least loaded per hit, and their ties for its rotation,
+        # policy._last); an explained decision shows every instance.
+        few = policy.name == "memserve" and not explain
+        cands = self.cluster.candidates(
+            role, prompt.tokens, exclude,
+            per_request_s=policy.config.load_per_request_s if few else None,
+            last=policy._last)
         req = RouteRequest(num_tokens=max(1, len(prompt.tokens)), session_id=session_id,
                            page_size=tree.page_size if tree else 1, explain=explain)
         decision = policy.select(req, cands)

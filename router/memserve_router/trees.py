@@ -12,7 +12,8 @@ tokens, ``allow_empty=True``) whose locations are ``(instance_id, tier)``. The t
   (:meth:`GlobalTree.observe`), each observation refreshing the TTL of the whole prompt.
 
 :meth:`GlobalTree.match` answers, in one walk over the prompt whatever the number of instances,
-every instance's contiguous cached prefix. It keeps in each node's ``memo`` (reset by the tree on
+every instance's contiguous cached prefix (:meth:`GlobalTree.match_groups`: the same as groups of
+instances sharing one prefix length, without a per-instance step). It keeps in each node's ``memo`` (reset by the tree on
 any change of the node) the node's tokens as one tuple and the frozensets of its holders and of
 its host-only holders; equal holder sets are shared with the parent, so a prefix that a thousand
 instances share costs an identity test per node.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sglang_memserve.mempool.errors import IntegrityError
@@ -35,6 +36,8 @@ from sglang_memserve.mempool.radix import Node, PageKey, RadixTree
 DEVICE, HOST, PREDICTED, APPROX = "device", "host", "predicted", "approx"
 REAL_TIERS = frozenset({DEVICE, HOST})
 TIERS = frozenset({DEVICE, HOST, PREDICTED, APPROX})
+# TreeMatch.holders of a prompt nobody holds: one object, so callers' caches keyed by it hit.
+NO_HOLDERS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,37 @@ class PrefixHit:
 
     tokens: int
     host_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HitGroup:
+    """Instances that cache the same prefix length of a prompt.
+
+    Attributes:
+        members: the instances (disjoint from the other groups of the same match).
+        tokens: their cached prefix, in tokens (whole pages, > 0).
+        host: the members holding part of it only in the DRAM tier: instance -> those tokens
+            (the other members hold all of it in HBM).
+    """
+
+    members: frozenset[str]
+    tokens: int
+    host: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeMatch:
+    """:meth:`GlobalTree.match_groups`'s answer.
+
+    Attributes:
+        groups: one per distinct cached prefix length, disjoint, shortest first.
+        holders: every instance holding the prompt's first page: the union of ``groups``
+            (often the same frozenset object from one call to the next while the tree's first
+            node does not change, so callers may cache what they derive from it).
+    """
+
+    groups: tuple[HitGroup, ...]
+    holders: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,19 +158,21 @@ class GlobalTree:
         n.memo = m
         return m
 
-    def match(self, tokens: Sequence[int]) -> dict[str, PrefixHit]:
-        """Every instance's contiguous cached prefix of ``tokens`` (whole pages), in one walk.
+    def match_groups(self, tokens: Sequence[int]) -> TreeMatch:
+        """Every instance's contiguous cached prefix of ``tokens`` (whole pages), in one walk,
+        as groups of instances sharing one prefix length (the holder sets the walk computes
+        anyway, so a group of a thousand instances costs no per-instance work).
 
         Returns:
-            ``{instance_id: PrefixHit}`` for each instance holding at least one page of the
-            prompt's prefix (instances absent hold none). Read-only: changes no LRU, no TTL
-            (only the per-node ``memo`` caches).
+            The groups, disjoint, longest prefix last. Read-only: changes no LRU, no TTL (only
+            the per-node ``memo`` caches).
         """
         ps = self.page_size
         toks = tokens if isinstance(tokens, tuple) else tuple(tokens)
         total = len(toks) // ps
-        out: dict[str, PrefixHit] = {}
+        ended: list[tuple[frozenset[str], int]] = []  # (group, its prefix in pages)
         host: dict[str, int] = {}
+        first = NO_HOLDERS
         alive: frozenset[str] | None = None
         node, i = self.tree.root, 0
         while i < total:
@@ -155,11 +191,11 @@ class GlobalTree:
                     k += 1
             holders = m.holders
             if alive is None:
-                alive = holders
+                alive = first = holders
             elif holders is not alive:
                 keep = alive & holders
                 if len(keep) != len(alive):
-                    self._emit(out, alive - keep, i, host)
+                    ended.append((alive - keep, i))
                     alive = keep
             if m.host_only:
                 for inst in m.host_only & alive:
@@ -169,16 +205,26 @@ class GlobalTree:
                 break
             node = child
         if alive:
-            self._emit(out, alive, i, host)
-        return out
+            ended.append((alive, i))
+        groups = []
+        for members, pages in ended:
+            mine = {inst: host[inst] * ps for inst in host.keys() & members} if host else {}
+            groups.append(HitGroup(members, pages * ps, mine))
+        return TreeMatch(tuple(groups), first)
 
-    def _emit(self, out: dict[str, PrefixHit], group: frozenset[str], pages: int,
-              host: dict[str, int]) -> None:
-        ps = self.page_size
-        out.update(dict.fromkeys(group, PrefixHit(pages * ps, 0)))  # one shared value
-        if host:
-            for inst in host.keys() & group:
-                out[inst] = PrefixHit(pages * ps, host[inst] * ps)
+    def match(self, tokens: Sequence[int]) -> dict[str, PrefixHit]:
+        """Every instance's contiguous cached prefix of ``tokens`` (whole pages), in one walk.
+
+        Returns:
+            ``{instance_id: PrefixHit}`` for each instance holding at least one page of the
+            prompt's prefix (instances absent hold none). Read-only, like :meth:`match_groups`.
+        """
+        out: dict[str, PrefixHit] = {}
+        for g in self.match_groups(tokens).groups:
+            out.update(dict.fromkeys(g.members, PrefixHit(g.tokens, 0)))  # one shared value
+            for inst, h in g.host.items():
+                out[inst] = PrefixHit(g.tokens, h)
+        return out
 
     # ---- predicted and approximate entries -------------------------------------------------
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 from memserve_router.config import WorkerSpec
 from memserve_router.policies import Load
+
+# The fields a worker's load score is made of (workers.load_key): setting one tells the watcher.
+LOAD_FIELDS = frozenset({"healthy", "polled", "inflight", "pending_s", "polled_wait_s"})
 
 
 class WorkerError(ValueError):
@@ -66,6 +71,9 @@ class Worker:
         polled_wait_s: the prefill time of the uncached tokens waiting in its own queue beyond
             those this router has pending there, as of the last poll (requests that did not come
             through this router).
+        watcher: called with the worker after any of :data:`LOAD_FIELDS` is assigned (the
+            cluster's load index marks it for re-sorting). ``polled`` must therefore be
+            replaced, never changed in place.
     """
 
     id: str
@@ -78,6 +86,14 @@ class Worker:
     pending_s: float = 0.0
     pending_tokens: int = 0
     polled_wait_s: float = 0.0
+    watcher: Callable[[Worker], None] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in LOAD_FIELDS:
+            watcher = self.__dict__.get("watcher")  # absent while __init__ runs
+            if watcher is not None:
+                watcher(self)
 
     @property
     def url(self) -> str:
@@ -130,3 +146,15 @@ class Worker:
             "events": self.info.events, "control": self.info.control,
             "inflight": self.inflight, "load": self.polled,
         }
+
+
+def load_key(w: Worker, per_request_s: float) -> tuple[float, int, str]:
+    """``w``'s place in a load order: ``(score, requests, id)``, where ``score`` is the
+    ``memserve`` policy's per-instance term -- queue wait + ``Load.requests`` x
+    ``per_request_s`` -- computed with the same float operations, so equal here is equal there.
+    Read-only."""
+    polled = w.polled
+    r = int(polled.get("num_running_reqs", 0)) + int(polled.get("num_waiting_reqs", 0))
+    if w.inflight > r:
+        r = w.inflight
+    return ((w.pending_s + w.polled_wait_s) + r * per_request_s, r, w.id)
