@@ -36,6 +36,22 @@ def brute_match(gt: GlobalTree, tokens: list[int]) -> dict[str, PrefixHit]:
     return out
 
 
+def flat_groups(gt: GlobalTree, tokens: list[int]) -> dict[str, PrefixHit]:
+    """``match_groups`` as ``match`` answers it, checking the groups' own invariants: disjoint,
+    distinct lengths in increasing order, DRAM parts only of members, union = ``holders``."""
+    m = gt.match_groups(tokens)
+    out: dict[str, PrefixHit] = {}
+    lengths = [g.tokens for g in m.groups]
+    assert lengths == sorted(set(lengths)) and all(n > 0 for n in lengths)
+    for g in m.groups:
+        assert g.members and not (g.members & out.keys())
+        assert set(g.host) <= g.members and all(0 < h <= g.tokens for h in g.host.values())
+        for inst in g.members:
+            out[inst] = PrefixHit(g.tokens, g.host.get(inst, 0))
+    assert set(out) == m.holders
+    return out
+
+
 def random_prompt(rng: random.Random, base: list[int]) -> list[int]:
     keep = rng.randrange(len(base) + 1)
     return base[:keep] + [rng.randrange(3) for _ in range(rng.randrange(0, 5) * PS + rng.randrange(PS))]
@@ -72,7 +88,9 @@ def test_match_equals_brute_force_under_random_changes():
         now += 0.05
         gt.expire(now)
         q = random_prompt(rng, system)
-        assert gt.match(q) == brute_match(gt, q), step
+        want = brute_match(gt, q)
+        assert gt.match(q) == want, step
+        assert flat_groups(gt, q) == want, step
         if step % 50 == 0:
             gt.check()
     gt.check()
@@ -86,7 +104,10 @@ def test_match_is_read_only_and_one_walk_for_many_instances():
         gt.stored(f"i{k}", path, 0, DEVICE if k % 3 else HOST, list(range(len(path))))
     before = gt.tree.flatten()
     hits = gt.match(system + [7] * PS + [1, 2])
+    groups = gt.match_groups(system + [7] * PS + [1, 2]).groups
     assert gt.tree.flatten() == before
+    assert [(len(g.members), g.tokens, len(g.host)) for g in groups] == [(299, 40 * PS, 100),
+                                                                          (1, 41 * PS, 0)]
     assert len(hits) == 300
     assert hits["i7"] == PrefixHit(41 * PS, 0)
     assert hits["i8"] == PrefixHit(40 * PS, 0)
