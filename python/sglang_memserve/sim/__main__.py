@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                    help="KV link bandwidth, GB/s (default: the table's per-page figure)")
     p.add_argument("--min-migrate-gain-s", type=float, default=0.05)
     p.add_argument("--event-delay-s", type=float, default=0.0)
+    p.add_argument("--load-per-request-s", type=float, default=None,
+                   help="what-if: the policies' cost per request on an instance (not a router "
+                        "flag; default: the router's)")
     p.add_argument("--check", action="store_true",
                    help="after the run, verify the router's trees equal the instances' indexes")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         cost_table=a.cost_table, unit_tokens=a.unit_tokens,
                         link_gbps=a.link_gbps, kv_return=not a.no_kv_return,
                         migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_s,
-                        event_delay_s=a.event_delay_s)
+                        event_delay_s=a.event_delay_s,
+                        load_per_request_s=a.load_per_request_s)
         sim = Simulator(cfg)
         t0 = time.perf_counter()
         requests = load(a)
@@ -90,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     print(res.text())
     print(f"  workload: {a.workload}, {len(requests)} requests (first turns), loaded in "
           f"{load_s:.1f} s; table {sim.table.device} ({a.cost_table})")
+    fin = [i.stats.finished for i in sim.instances.values()]
+    mu = sum(fin) / len(fin)
+    sd = (sum((f - mu) ** 2 for f in fin) / len(fin)) ** 0.5
+    batch = max(i.stats.peak_batch for i in sim.instances.values())
+    print(f"  requests per instance {mu:.1f} +- {sd:.1f} (max {max(fin)}), largest decode "
+          f"batch {batch}")
     if a.check:
         bad = sim.check_mirrors()
         print("  router trees == instance indexes: " + ("yes" if not bad else f"NO: {bad}"))

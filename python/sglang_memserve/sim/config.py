@@ -65,6 +65,8 @@ class SimConfig:
             router's tree (0: at once).
         evict_batch: evict at least this fraction of a tier's capacity when it runs short, so the
             tree's LRU scan is amortised over many admissions.
+        load_per_request_s: overrides the policies' ``PolicyConfig.load_per_request_s`` (None:
+            the router's default). Not a router flag: a what-if knob for the ``memserve`` policy.
     """
 
     instances: int = 8
@@ -82,6 +84,7 @@ class SimConfig:
     predict_ttl_s: float = 5.0
     event_delay_s: float = 0.0
     evict_batch: float = 0.01
+    load_per_request_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.instances < (2 if self.pd else 1):

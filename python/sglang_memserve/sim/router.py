@@ -68,6 +68,8 @@ class SimRouter:
         self.unit = cfg.unit_tokens
         self.config = router_config(cfg, transfer_per_page_s)
         pc = policy_config(self.config)
+        if cfg.load_per_request_s is not None:
+            pc = dataclasses.replace(pc, load_per_request_s=cfg.load_per_request_s)
         self.policies = {role: make_policy(self.config.policy_for(role), pc) for role in ROLES}
         self.cluster = Cluster(self.config, None, table.exec_time)  # type: ignore[arg-type]
         # Events come from the simulator, not a socket: close the feed's ZMQ socket now (an
