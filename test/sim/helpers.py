@@ -17,13 +17,13 @@ def request(rid: int, at: float, blocks: tuple[int, ...], tokens: int, out: int 
 
 
 def conversations(n_conv: int, turns: int, *, gap_s: float = 2.0, blocks_per_turn: int = 4,
-                  unit: int = 512, out: int = 8) -> list[SimRequest]:
+                  unit: int = 512, out: int = 8, shared: bool = True) -> list[SimRequest]:
     """``n_conv`` interleaved conversations, each turn extending its previous prompt by
-    ``blocks_per_turn`` blocks (all sharing block 0), one turn per conversation every
-    ``gap_s`` seconds."""
+    ``blocks_per_turn`` blocks (all starting with block 0 if ``shared``), one turn per
+    conversation every ``gap_s`` seconds."""
     reqs = []
-    prompts = {c: (0,) for c in range(n_conv)}
     fresh = itertools.count(1)
+    prompts = {c: (0,) if shared else (next(fresh),) for c in range(n_conv)}
     rid = 0
     for t in range(turns):
         for c in range(n_conv):

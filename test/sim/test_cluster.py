@@ -16,10 +16,11 @@ U = 512
 
 def _run(hbm_blocks: int, dram_blocks: int = 0, **kw) -> Simulator:
     spec = InstanceSpec(hbm_tokens=hbm_blocks * U, dram_tokens=dram_blocks * U)
+    shared = kw.pop("shared", True)
     cfg = SimConfig(instances=kw.pop("instances", 1), instance=spec, unit_tokens=U,
                     policy=kw.pop("policy", "memserve"), **kw)
     sim = Simulator(cfg)
-    sim.run(conversations(6, 5))
+    sim.run(conversations(6, 5, shared=shared))
     return sim
 
 
@@ -44,7 +45,8 @@ def test_a_dram_tier_keeps_what_hbm_evicts() -> None:
 
 @pytest.mark.parametrize("pd", [False, True])
 def test_router_trees_equal_the_instances_indexes_after_a_run(pd: bool) -> None:
-    sim = _run(40, dram_blocks=60, instances=4, pd=pd)
+    # No shared first block: conversations spread over the instances (not vacuous below).
+    sim = _run(40, dram_blocks=60, instances=4, pd=pd, shared=False)
     res = sim.result()
     assert res.evicted_pages > 0 and res.finished == 30
     if pd:

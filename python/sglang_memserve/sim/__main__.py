@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    help="KV link bandwidth, GB/s (default: the table's per-page figure)")
     p.add_argument("--min-migrate-gain-s", type=float, default=0.05)
     p.add_argument("--event-delay-s", type=float, default=0.0)
+    p.add_argument("--migration-overhead-s", type=float, default=0.0,
+                   help="fixed cost of a migration beyond its pages' transfer")
     p.add_argument("--load-per-request-s", type=float, default=None,
                    help="what-if: the policies' cost per request on an instance (not a router "
                         "flag; default: the router's)")
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         link_gbps=a.link_gbps, kv_return=not a.no_kv_return,
                         migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_s,
                         event_delay_s=a.event_delay_s,
+                        migration_overhead_s=a.migration_overhead_s,
                         load_per_request_s=a.load_per_request_s)
         sim = Simulator(cfg)
         t0 = time.perf_counter()

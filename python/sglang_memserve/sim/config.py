@@ -65,6 +65,8 @@ class SimConfig:
             router's tree (0: at once).
         evict_batch: evict at least this fraction of a tier's capacity when it runs short, so the
             tree's LRU scan is amortised over many admissions.
+        migration_overhead_s: fixed cost of one migration on top of its pages' transfer (the
+            control round trips through both instances' scheduler loops).
         load_per_request_s: overrides the policies' ``PolicyConfig.load_per_request_s`` (None:
             the router's default). Not a router flag: a what-if knob for the ``memserve`` policy.
     """
@@ -84,6 +86,7 @@ class SimConfig:
     predict_ttl_s: float = 5.0
     event_delay_s: float = 0.0
     evict_batch: float = 0.01
+    migration_overhead_s: float = 0.0
     load_per_request_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class SimConfig:
             raise ValueError(f"unit_tokens must be positive, got {self.unit_tokens}")
         if self.link_gbps is not None and self.link_gbps <= 0:
             raise ValueError(f"link_gbps must be positive, got {self.link_gbps}")
+        if self.migration_overhead_s < 0:
+            raise ValueError(f"migration_overhead_s must be >= 0, got {self.migration_overhead_s}")
         if self.predict_ttl_s <= 0 or self.event_delay_s < 0 or not 0 <= self.evict_batch < 1:
             raise ValueError("need predict_ttl_s > 0, event_delay_s >= 0, 0 <= evict_batch < 1")
 

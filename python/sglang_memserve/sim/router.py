@@ -21,8 +21,9 @@ import time
 from collections.abc import Sequence
 
 from memserve_router.cluster import Cluster
-from memserve_router.config import ROLES, RouterConfig, WorkerSpec
-from memserve_router.policies import Candidate, Decision, PolicyConfig, RouteRequest, make_policy
+from memserve_router.config import RouterConfig, WorkerSpec
+from memserve_router.policies import Candidate, Decision, Policy, RouteRequest
+from memserve_router.server import Router
 from memserve_router.workers import Worker, WorkerInfo
 from sglang_memserve.gpu.costmodel import CostTable
 from sglang_memserve.mempool.radix import Change
@@ -38,15 +39,6 @@ def router_config(cfg: SimConfig, transfer_per_page_s: float) -> RouterConfig:
                         predict_ttl_s=cfg.predict_ttl_s)
 
 
-def policy_config(rc: RouterConfig) -> PolicyConfig:
-    """The policies' settings, built from the router's configuration as the router does."""
-    return PolicyConfig(cache_threshold=rc.cache_threshold,
-                        balance_abs_threshold=rc.balance_abs_threshold,
-                        balance_rel_threshold=rc.balance_rel_threshold,
-                        cost_table=rc.cost_table, transfer_per_page_s=rc.transfer_per_page_s,
-                        migrate=rc.migrate, min_migrate_gain_s=rc.min_migrate_gain_s)
-
-
 class SimRouter:
     """See the module docstring.
 
@@ -57,7 +49,7 @@ class SimRouter:
 
     Attributes:
         cluster: the router's :class:`Cluster` (no HTTP session: nothing is polled or probed).
-        policies: one policy object per role, from ``make_policy``.
+        policies: one policy object per role, as ``memserve_router.server.Router`` makes them.
         decision_s: wall-clock seconds of each decision (tree walk + candidates + select).
         events / event_s: index changes applied to the trees, and the wall seconds they took.
     """
@@ -67,10 +59,13 @@ class SimRouter:
         self.table = table
         self.unit = cfg.unit_tokens
         self.config = router_config(cfg, transfer_per_page_s)
-        pc = policy_config(self.config)
-        if cfg.load_per_request_s is not None:
-            pc = dataclasses.replace(pc, load_per_request_s=cfg.load_per_request_s)
-        self.policies = {role: make_policy(self.config.policy_for(role), pc) for role in ROLES}
+        # The router's own policy objects, built by the router from its configuration (no
+        # I/O happens before its app starts).
+        self.policies: dict[str, Policy] = Router(self.config).policies
+        if cfg.load_per_request_s is not None:  # the what-if knob (not a router flag)
+            for p in self.policies.values():
+                p.config = dataclasses.replace(p.config,
+                                               load_per_request_s=cfg.load_per_request_s)
         self.cluster = Cluster(self.config, None, table.exec_time)  # type: ignore[arg-type]
         # Events come from the simulator, not a socket: close the feed's ZMQ socket now (an
         # open one would block its context's teardown when the cluster is collected).
@@ -146,6 +141,14 @@ class SimRouter:
         self.cluster.routed(worker, (), est, uncached)  # load only: the prediction follows
         self.cluster.trees[role].predict(worker.id, blocks, self.config.predict_ttl_s, now=now)
         return est, uncached
+
+
+    def migrated(self, role: Role, decision: Decision, seconds: float) -> None:
+        """A migration the policy chose took ``seconds``: tell the policy, as
+        ``Router._migrate`` does (the ``memserve`` policy learns its fixed cost)."""
+        observe = getattr(self.policies[role], "observe_migration", None)
+        if observe is not None:
+            observe(decision.migrate_tokens - decision.migrate_cached_tokens, seconds)
 
 
 def _hit_of(cands: Sequence[Candidate], iid: str) -> int:

@@ -16,6 +16,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 
+from memserve_router.policies import Decision
 from sglang_memserve.gpu.costmodel import CostTable, load_table
 from sglang_memserve.mempool.radix import Change
 
@@ -93,30 +94,33 @@ class Simulator:
         else:
             job.decode = job.prefill
         if dec.migrate_from:
-            self._migrate(job, self.instances[dec.migrate_from], dec.migrate_tokens)
+            self._migrate(job, first, dec, self.instances[dec.migrate_from])
         else:
             job.prefill.submit(job)
 
-    def _migrate(self, job: Job, src: SimInstance, tokens: int) -> None:
-        """Move the prefix of ``tokens`` tokens from ``src`` to ``job``'s instance, then queue
-        ``job`` there (the router's ``kv_push`` before forwarding)."""
+    def _migrate(self, job: Job, role: Role, dec: Decision, src: SimInstance) -> None:
+        """Move the decision's prefix from ``src`` to ``job``'s instance, then queue ``job``
+        there (the router's ``kv_push`` before forwarding): the pages the target lacks cross
+        the link, plus ``migration_overhead_s``; the policy is told how long it took."""
         dst = job.prefill
         assert dst is not None
         u = self.cfg.unit_tokens
-        blocks = min(len(job.path), -(-tokens // u))
+        blocks = min(len(job.path), -(-dec.migrate_tokens // u))
         held, _ = src.kv.match(job.path[:blocks])
         have, _ = dst.kv.match(job.path[:held])
         self.migrations += 1
         self.migrated_tokens += (held - have) * u
         job.migrated_tokens = (held - have) * u
         path = job.path[:held]
+        seconds = self._transfer_s(held - have) + self.cfg.migration_overhead_s
 
         def landed() -> None:
             if path:
                 dst.kv.store(path)
+            self.router.migrated(role, dec, seconds)
             dst.submit(job)
 
-        self.loop.after(self._transfer_s(held - have), landed)
+        self.loop.after(seconds, landed)
 
     # ---- Hooks ----------------------------------------------------------------------------
 
