@@ -97,12 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     print(res.text())
     print(f"  workload: {a.workload}, {len(requests)} requests (first turns), loaded in "
           f"{load_s:.1f} s; table {sim.table.device} ({a.cost_table})")
-    fin = [i.stats.finished for i in sim.instances.values()]
-    mu = sum(fin) / len(fin)
-    sd = (sum((f - mu) ** 2 for f in fin) / len(fin)) ** 0.5
-    batch = max(i.stats.peak_batch for i in sim.instances.values())
-    print(f"  requests per instance {mu:.1f} +- {sd:.1f} (max {max(fin)}), largest decode "
-          f"batch {batch}")
     if a.check:
         bad = sim.check_mirrors()
         print("  router trees == instance indexes: " + ("yes" if not bad else f"NO: {bad}"))

@@ -40,6 +40,8 @@ class SimResult:
         sim_time_s: simulated seconds; wall_s: wall seconds of the run (workload excluded);
         events: simulator events run; peak_rss_mb: the process's peak resident memory.
         utilization: mean busy fraction of the instances over the simulated time.
+        per_instance_mean / per_instance_sd / per_instance_max: requests finished per instance.
+        max_decode_batch: the largest decode batch any instance ran.
     """
 
     policy: str
@@ -71,6 +73,10 @@ class SimResult:
     events: int
     peak_rss_mb: float
     utilization: float
+    per_instance_mean: float
+    per_instance_sd: float
+    per_instance_max: int
+    max_decode_batch: int
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +98,8 @@ class SimResult:
             f"  router decision p50 {self.decision_p50_us:.0f} us  p99 "
             f"{self.decision_p99_us:.0f} us; {self.router_events} events applied, "
             f"{self.event_us:.1f} us each",
+            f"  requests per instance {self.per_instance_mean:.1f} +- {self.per_instance_sd:.1f} "
+            f"(max {self.per_instance_max}), largest decode batch {self.max_decode_batch}",
             f"  simulated {self.sim_time_s:.1f} s in {self.wall_s:.1f} s wall ({self.events} "
             f"events), peak RSS {self.peak_rss_mb:.0f} MB",
         ])

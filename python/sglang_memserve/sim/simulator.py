@@ -208,6 +208,8 @@ class Simulator:
         busy = [i.stats.prefill_s + i.stats.decode_s for i in self.instances.values()]
         kvs = [i.kv for i in self.instances.values()]
         oracle_reqs = sorted(self.arrived, key=lambda r: r.arrival_s)
+        fin = [i.stats.finished for i in self.instances.values()]
+        fin_mean = mean(fin)
         return SimResult(
             policy=self.cfg.policy, instances=self.cfg.instances, pd=self.cfg.pd,
             requests=len(self.jobs), finished=len(done),
@@ -226,6 +228,10 @@ class Simulator:
             sim_time_s=t_end, wall_s=wall_s, events=self.loop.processed,
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             utilization=mean([b / t_end for b in busy]) if t_end > 0 else 0.0,
+            per_instance_mean=fin_mean,
+            per_instance_sd=mean([(f - fin_mean) ** 2 for f in fin]) ** 0.5,
+            per_instance_max=max(fin),
+            max_decode_batch=max(i.stats.peak_batch for i in self.instances.values()),
         )
 
     def check_mirrors(self) -> list[str]:
