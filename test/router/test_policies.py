@@ -395,7 +395,7 @@ def test_memserve_affinity_keeps_the_holder_within_the_slack():
     a slack above that gap it keeps the request, with a slack below it does not."""
     x = 2048
     t = load_table("cpu-bench")
-    hit = 1024
+    hit = 1920                              # a conversation's history: 94% of the prompt
     # holder's estimate = wait + exec(x, hit); idle miss = exec(x, 0): pick the wait so the
     # holder is 25% slower than the miss.
     wait = 1.25 * t.exec_time(x, 0) - t.exec_time(x, hit)
@@ -406,6 +406,23 @@ def test_memserve_affinity_keeps_the_holder_within_the_slack():
     assert kept.instance_id == "holder" and "longest prefix" in kept.reason
     moved = memserve(migrate=False, affinity_slack=0.1).select(RouteRequest(x), cs)
     assert moved.instance_id == "idle"
+
+
+def test_memserve_affinity_is_weak_for_a_shared_system_prompt():
+    """A holder that caches only a small share of the prompt (a system prompt every request
+    shares) gets a proportionally small slack: the same 25% queue moves the request."""
+    x = 2048
+    t = load_table("cpu-bench")
+    hit = 128                               # 6% of the prompt
+    wait = 1.25 * t.exec_time(x, 0) - t.exec_time(x, hit)
+    cs = [cand("idle"), cand("holder", hit=hit, wait=wait)]
+    assert memserve(migrate=False, affinity_slack=0.9).select(
+        RouteRequest(x), cs).instance_id == "idle"
+    # ...while the other instances hold the system prompt too, the slack counts only what
+    # the holder has beyond the best option: here nothing, so the plain estimate decides.
+    both = [cand("idle", hit=hit), cand("holder", hit=hit, wait=wait)]
+    assert memserve(migrate=False, affinity_slack=0.9).select(
+        RouteRequest(x), both).instance_id == "idle"
 
 
 def test_memserve_affinity_does_not_block_a_migration():

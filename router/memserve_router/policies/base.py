@@ -191,7 +191,8 @@ class PolicyConfig:
             sources (bounds the decision's cost; shorter holders save less and rarely win).
         affinity_slack: ``memserve``: the instance holding the longest cached prefix keeps the
             request unless another option's estimate is below the holder's by more than this
-            fraction of it (0: pure lowest estimate). The estimates are a queue model over a
+            fraction of it, scaled by the share of the prompt the holder caches beyond that
+            option (0: pure lowest estimate). The estimates are a queue model over a
             cost table; moving a conversation on a small predicted gain loses its cache for a
             gain inside the model's error. Migrations (the cache moves along) are not held
             back by it.

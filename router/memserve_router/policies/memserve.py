@@ -144,7 +144,7 @@ class MemServePolicy(Policy):
         # Among equal estimates the longest hit wins: it keeps a conversation where its KV is
         # (cost tables flatten out for short prompts, where a hit saves less than the noise).
         longest = max(c.hit_tokens for c in tied)
-        kept = self._affinity(candidates, local, best_local)
+        kept = self._affinity(x, candidates, local, best_local)
         if kept is not None:
             tied, longest = kept, kept[0].hit_tokens
         pick = self._rotate(self._fewest_requests([c for c in tied if c.hit_tokens == longest]))
@@ -163,7 +163,7 @@ class MemServePolicy(Policy):
         else:
             chosen = self._estimate(x, pick, min(pick.hit_tokens, x))
             why = (f"holds the longest prefix: estimate {chosen.total_s * 1e3:.2f} ms, within "
-                   f"{cfg.affinity_slack:.0%} of the best {best_local * 1e3:.2f} ms"
+                   f"the affinity slack of the best {best_local * 1e3:.2f} ms"
                    if kept is not None and chosen.total_s > best_local + _TIE_S
                    else f"lowest estimate {chosen.total_s * 1e3:.2f} ms")
             decision = Decision(pick.instance_id, self.name,
@@ -259,20 +259,32 @@ class MemServePolicy(Policy):
                         transfer_s=self.transfer_s(src_hit - hit),
                         migrate_from=source.instance_id, **common)
 
-    def _affinity(self, candidates: Sequence[Candidate], local: list[float], best_local: float
-                  ) -> list[Candidate] | None:
+    def _affinity(self, x: int, candidates: Sequence[Candidate], local: list[float],
+                  best_local: float) -> list[Candidate] | None:
         """The holders of the longest cached prefix whose estimate is the holders' best, when
-        that best is within ``affinity_slack`` of the overall best (they keep the request);
-        None when no instance holds a prefix, slack is 0, or the holders lose by more."""
+        that best is within the slack of the overall best (they keep the request); None when no
+        instance holds a prefix, the slack is 0, or the holders lose by more.
+
+        The slack is ``affinity_slack`` scaled by the share of the prompt the holders cache
+        beyond the best option: a conversation's own history (most of its prompt) binds it to
+        its instance, a system prompt shared by every request (a small share) barely does, so
+        common prefixes cannot pile a cluster's traffic onto their first holder.
+        """
         slack = self.config.affinity_slack
         if slack <= 0.0:
             return None
         longest = max(c.hit_tokens for c in candidates)
         if longest <= 0:
             return None
-        own = [(t, c) for c, t in zip(candidates, local, strict=True) if c.hit_tokens == longest]
+        own, best_hit = [], 0
+        for c, t in zip(candidates, local, strict=True):
+            if c.hit_tokens == longest:
+                own.append((t, c))
+            if t <= best_local + _TIE_S and c.hit_tokens > best_hit:
+                best_hit = c.hit_tokens
         best_own = min(t for t, _ in own)
-        if best_own * (1.0 - slack) > best_local + _TIE_S:
+        share = (min(longest, x) - min(best_hit, x)) / x
+        if best_own * (1.0 - slack * share) > best_local + _TIE_S:
             return None
         return [c for t, c in own if t <= best_own + _TIE_S]
 
