@@ -9,7 +9,7 @@ from memserve_router.policies.memserve import MemServePolicy
 from memserve_router.policies.prefix import PrefixPolicy
 from sglang_memserve.sim import InstanceSpec, SimConfig, Simulator
 
-from .helpers import conversations
+from .helpers import conversations, request
 
 U = 512
 
@@ -99,3 +99,27 @@ def test_the_router_calls_the_real_policy_objects(monkeypatch: pytest.MonkeyPatc
 def test_prefix_policy_is_sglang_routers_rule_class() -> None:
     sim = Simulator(SimConfig(instances=2, unit_tokens=U, policy="prefix"))
     assert type(sim.router.policies["colocated"]) is PrefixPolicy
+
+
+def test_a_migration_moves_the_prefix_and_the_policy_learns_its_cost() -> None:
+    overhead = 0.02
+    sim = Simulator(SimConfig(instances=2, instance=InstanceSpec(hbm_tokens=10_000 * U),
+                              unit_tokens=U, policy="memserve", migration_overhead_s=overhead))
+    prefix = tuple(range(1, 41))  # 40 blocks, 20,480 tokens
+    sim.run([request(0, 0.0, prefix, 40 * U, out=2)])
+    holder = sim.jobs[0].prefill
+    assert holder is not None
+    other = next(i for i in sim.instances.values() if i is not holder)
+    # The router believes the holder has 10 s of prefill queued: recomputing elsewhere or
+    # migrating the prefix beats waiting there.
+    sim.router.cluster.workers[holder.id].pending_s = 10.0
+    nxt = request(1, sim.loop.now + 1.0, prefix + (41, 42), 42 * U, out=2)
+    sim.loop.at(nxt.arrival_s, sim.arrive, nxt)
+    sim.loop.run()
+    job = sim.jobs[1]
+    assert job.prefill is other and sim.migrations == 1
+    assert job.migrated_tokens == 40 * U and job.hit_tokens == 40 * U
+    assert other.kv.match(sim.jobs[0].path)[0] == 40  # the prefix is indexed there now
+    policy = sim.router.policies["colocated"]
+    assert policy.migration_overhead_s == pytest.approx(overhead)  # learned, as the router does
+    assert sim.check_mirrors() == []
