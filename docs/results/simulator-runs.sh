@@ -1,0 +1,39 @@
+#!/bin/bash
+# Every simulator figure of docs/results/simulator.md, one run after another.
+#   bash docs/results/simulator-runs.sh COMMIT OUT_DIR [H200_TABLE]
+# Runs from a snapshot of COMMIT (git archive) so that edits in the working tree during the runs
+# cannot mix in. The H200 table defaults to ../shared/reference/gpu/nvidia-h200.costmodel.json.
+set -u
+COMMIT=${1:?commit}; O=$(mkdir -p "${2:?out dir}" && cd "$2" && pwd)
+ROOT=$(git rev-parse --show-toplevel)
+H200=$(realpath "${3:-$ROOT/../shared/reference/gpu/nvidia-h200.costmodel.json}")
+SNAP=$(mktemp -d)
+trap 'rm -rf "$SNAP"' EXIT
+git -C "$ROOT" archive "$COMMIT" | tar -x -C "$SNAP"
+export PYTHONPATH=$SNAP/python:$SNAP/router MEMSERVE_DATA_DIR=${MEMSERVE_DATA_DIR:-$ROOT/../shared/data}
+PY=$ROOT/.venv/bin/python
+cd "$SNAP"
+sim() { name=$1; shift; timeout 200 "$PY" -m sglang_memserve.sim --cost-table "$H200" "$@" \
+    --json "$O/$name.json" > "$O/$name.txt" 2>&1; echo "$name rc=$?" >> "$O/progress"; }
+"$PY" -m sglang_memserve.sim.sweep --instances 8 64 256 1024 \
+    --policies round_robin session prefix memserve --speedup 1 --scale-rate \
+    --out "$O/sweep.jsonl" --timeout-s 200 --workload mooncake --cost-table "$H200" > "$O/sweep.md" 2>&1
+echo "sweep rc=$?" >> "$O/progress"
+sim lp01-256 --instances 256 --policy memserve --speedup 32 --load-per-request-s 0.01
+sim lp05-256 --instances 256 --policy memserve --speedup 32 --load-per-request-s 0.05
+sim lp01-1024 --instances 1024 --policy memserve --speedup 128 --load-per-request-s 0.01
+sim nomig-1024 --instances 1024 --policy memserve --speedup 128 --no-migrate
+sim press-prefix-0 --instances 8 --policy prefix --hbm-tokens 200000
+sim press-prefix-dram --instances 8 --policy prefix --hbm-tokens 200000 --dram-tokens 1600000
+sim press-memserve-0 --instances 8 --policy memserve --hbm-tokens 200000
+sim press-memserve-dram --instances 8 --policy memserve --hbm-tokens 200000 --dram-tokens 1600000
+SG=(--instances 8 --policy memserve --workload sharegpt --requests 700 --rate 4 --think-s 3 --check)
+sim sg-colocated "${SG[@]}"
+sim sg-pd-basic "${SG[@]}" --pd --no-kv-return
+sim sg-pd-caching3 "${SG[@]}" --pd
+sim grow-r1 --instances 256 --policy memserve --replicas 1 --speedup 32
+sim grow-r2 --instances 256 --policy memserve --replicas 2 --speedup 16
+sim grow-r4 --instances 256 --policy memserve --replicas 4 --speedup 8
+sim grow-r8 --instances 256 --policy memserve --replicas 8 --speedup 4
+sim rate10k-1024 --instances 1024 --policy memserve --replicas 8 --speedup 368
+echo "all done" >> "$O/progress"
