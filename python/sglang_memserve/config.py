@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from sglang_memserve.validate import RequestLimits
+
 Role = Literal["colocated", "prefill", "decode"]
 CacheMode = Literal["memserve", "stock", "off"]
 ROLES: tuple[str, ...] = ("colocated", "prefill", "decode")
@@ -41,6 +43,8 @@ class MemServeConfig:
         secret_file: file holding the control channel's shared secret (the path only; the
             launcher exports it as ``MEMSERVE_SECRET_FILE`` to the SGLang processes); None:
             the environment's setting, if any.
+        max_body_bytes, max_n: the launcher's request guard's bounds (``--max-payload-size``,
+            ``--max-n``; :class:`~sglang_memserve.validate.RequestLimits`).
     """
 
     role: Role = "colocated"
@@ -54,6 +58,8 @@ class MemServeConfig:
     kv_return_peer: str | None = None
     peer_timeout_s: float = 10.0
     secret_file: str | None = None
+    max_body_bytes: int = RequestLimits.max_body_bytes
+    max_n: int = RequestLimits.max_n
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -62,6 +68,12 @@ class MemServeConfig:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.host_pool_ratio < 0:
             raise ValueError(f"host_pool_ratio must be >= 0, got {self.host_pool_ratio}")
+        self.limits  # noqa: B018 -- validates them
+
+    @property
+    def limits(self) -> RequestLimits:
+        """The request guard's bounds (raises ValueError on bad values)."""
+        return RequestLimits(self.max_body_bytes, self.max_n)
 
     @property
     def dram_tier(self) -> bool:

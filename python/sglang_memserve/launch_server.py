@@ -20,6 +20,7 @@ from sglang_memserve import compat
 from sglang_memserve.bind import DIST_OVERRIDE_ENV, local_bind_env
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
 from sglang_memserve.model.registry import MODELS, folder_cpu_dtype
+from sglang_memserve.validate import RequestLimits
 
 # NOTE: runs again as ``__mp_main__`` in every process SGLang spawns, before the child unpickles
 # its target (which imports sglang.srt) -- so import-time CPU patches reach the scheduler too.
@@ -83,6 +84,10 @@ def memserve_parser() -> argparse.ArgumentParser:
                         "stale and replayed ones are refused); default: $MEMSERVE_SECRET_FILE or "
                         "$MEMSERVE_SECRET, else none. A file, never a command-line value: ps "
                         "shows those to every user")
+    g.add_argument("--max-payload-size", type=int, default=RequestLimits.max_body_bytes,
+                   metavar="BYTES", help="largest generation request body (413 beyond)")
+    g.add_argument("--max-n", type=int, default=RequestLimits.max_n,
+                   help="largest n (parallel samples) a generation request may ask for")
     g.add_argument("--embedded-model", choices=sorted(MODELS), default="tiny",
                    help="embedded model served when --model-path is absent (smollm2: a real "
                         "instruct model; tiny, bench: random weights for tests and benchmarks)")
@@ -187,6 +192,8 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         kv_return=ms.kv_return and ms.role == "decode",
         kv_return_peer=ms.kv_return_peer,
         secret_file=secret_file,
+        max_body_bytes=ms.max_payload_size,
+        max_n=ms.max_n,
     )
     return config, sg, env
 
@@ -224,6 +231,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "all interfaces", DIST_OVERRIDE_ENV)
     load_plugins()  # runs sglang_memserve.plugin.load through SGLang's entry point
     server_args = prepare_server_args(sg_argv)
+    from sglang_memserve import guard
+
+    # The guard lives in this process's copy of SGLang's app: SGLang's extra tokenizer workers
+    # (--tokenizer-worker-num > 1) re-import the app without it.
+    if not guard.install(config.limits):
+        logger.warning("SGLang's HTTP app is already started: no request guard")
+    if int(_value(sg_argv, "--tokenizer-worker-num", "1")) > 1:
+        logger.warning("--tokenizer-worker-num > 1: those workers serve without MemServe's "
+                       "request guard")
     logger.info("MemServe %s instance %s (cache=%s)", config.role, config.instance_id, config.cache)
     try:
         run_server(server_args)

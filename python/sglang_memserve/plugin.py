@@ -1,7 +1,9 @@
 """SGLang plugin (entry point group ``sglang.srt.plugins``): runs in every SGLang process.
 
 It applies the CPU compatibility layer where needed, registers the MemServe tree-cache backend
-with SGLang's radix-cache registry, and hooks MemServe's state into ``/server_info``.
+with SGLang's radix-cache registry, hooks MemServe's state into ``/server_info``, and checks each
+prompt's token ids in SGLang's tokenizer manager (empty prompts and ids outside the vocabulary
+get a 400 instead of killing the scheduler).
 """
 
 from __future__ import annotations
@@ -62,17 +64,39 @@ def _hold_for_returns(result: Any, queue: Any, *_args: Any, **_kwargs: Any) -> A
     return result if peer is None else peer.gate(result)
 
 
-_HOOKS = {
-    _INTERNAL_STATE: _add_memserve_state,
-    "sglang.srt.managers.scheduler.Scheduler.ingest_requests": _memserve_tick,
+def _check_prompt_ids(manager: Any, obj: Any, input_ids: Any, *_args: Any, **_kwargs: Any
+                      ) -> None:
+    """BEFORE hook on ``TokenizerManager._validate_one_request`` (SGLang's own per-request check,
+    whose ValueError SGLang answers with a 400): a text-only request needs at least one token id,
+    and every id inside the vocabulary -- stock SGLang's scheduler dies on an empty prompt and
+    on an id outside the vocabulary (in the embedding lookup), taking the server down."""
+    if input_ids is None or any(getattr(obj, k, None) is not None for k in _MULTIMODAL):
+        return
+    if len(input_ids) == 0:
+        raise ValueError("the prompt is empty: it needs at least one token")
+    vocab = int(manager.model_config.vocab_size)
+    lo, hi = min(input_ids), max(input_ids)
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {vocab})")
+
+
+_MULTIMODAL = ("image_data", "video_data", "audio_data", "input_embeds")
+
+# target -> (hook, kind); the kind's name is SGLang's HookType member.
+_HOOKS: dict[str, tuple[Any, str]] = {
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request":
+        (_check_prompt_ids, "BEFORE"),
+    _INTERNAL_STATE: (_add_memserve_state, "AFTER"),
+    "sglang.srt.managers.scheduler.Scheduler.ingest_requests": (_memserve_tick, "AFTER"),
     "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.pop_bootstrapped":
-        _hold_for_returns,
+        (_hold_for_returns, "AFTER"),
 }
 
 
 def _register_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    for target, hook in _HOOKS.items():
+    for target, (hook, kind) in _HOOKS.items():
         if not any(h[1] is hook for h in HookRegistry._hooks.get(target, [])):
-            HookRegistry.register(target, hook, HookType.AFTER)
+            HookRegistry.register(target, hook, HookType[kind])

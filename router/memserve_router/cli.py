@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from memserve_router.config import RouterConfig, WorkerSpec
 from memserve_router.policies import POLICIES
 from sglang_memserve.mempool.auth import AuthError, load_auth
+from sglang_memserve.validate import RequestLimits
 
 # sglang-router flags that have no meaning here (exact trees need no eviction timer; metrics are
 # served on the router's own port): accepted so its command lines work, and said so.
 IGNORED: dict[str, int] = {"--eviction-interval-secs": 1, "--max-tree-size": 1,
-                           "--prometheus-host": 1, "--prometheus-port": 1,
-                           "--max-payload-size": 1}
+                           "--prometheus-host": 1, "--prometheus-port": 1}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-ttl-secs", type=float, default=5.0)
     p.add_argument("--request-timeout-secs", type=float, default=600.0)
     p.add_argument("--disable-retries", action="store_true")
+    p.add_argument("--max-payload-size", type=int, default=RequestLimits.max_body_bytes,
+                   metavar="BYTES", help="largest request body (413 beyond)")
+    p.add_argument("--max-n", type=int, default=RequestLimits.max_n,
+                   help="largest n (parallel samples) a generation request may ask for")
     p.add_argument("--mempool-secret-file", default=None, metavar="PATH",
                    help="the instances' control-channel secret (signs snapshot and kv_push "
                         "requests); default: $MEMSERVE_SECRET_FILE or $MEMSERVE_SECRET, else "
@@ -126,7 +130,8 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             load_interval_s=a.load_interval_secs, predict_ttl_s=a.predict_ttl_secs,
             request_timeout_s=a.request_timeout_secs,
             retries=0 if a.disable_retries else 1,
-            control_auth=load_auth(a.mempool_secret_file))
+            control_auth=load_auth(a.mempool_secret_file),
+            max_body_bytes=a.max_payload_size, max_n=a.max_n)
         return config, a.log_level
     except (ValueError, AuthError) as exc:
         p.error(str(exc))

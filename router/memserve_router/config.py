@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sglang_memserve.mempool.auth import ControlAuth
+from sglang_memserve.validate import RequestLimits
 
 Role = Literal["colocated", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("colocated", "prefill", "decode")
@@ -72,6 +73,9 @@ class RouterConfig:
             and ``kv_push`` requests with it (None: unsigned). The CLI loads it from
             ``--mempool-secret-file`` or the environment (``MEMSERVE_SECRET_FILE``,
             ``MEMSERVE_SECRET``).
+        max_body_bytes: largest request body (413 beyond; sglang-router's
+            ``--max-payload-size``).
+        max_n: largest ``n`` a generation request may ask for (400 beyond).
     """
 
     workers: tuple[WorkerSpec, ...] = ()
@@ -102,6 +106,8 @@ class RouterConfig:
     session_header: str = "X-Session-ID"
     retries: int = 1
     control_auth: ControlAuth | None = None
+    max_body_bytes: int = RequestLimits.max_body_bytes
+    max_n: int = RequestLimits.max_n
 
     def __post_init__(self) -> None:
         roles = {w.role for w in self.workers}
@@ -109,6 +115,12 @@ class RouterConfig:
             raise ValueError("a PD router fronts prefill and decode instances, not colocated ones")
         if not self.pd and roles - {"colocated"}:
             raise ValueError("prefill/decode instances need --pd-disaggregation")
+        self.limits  # noqa: B018 -- validates them
+
+    @property
+    def limits(self) -> RequestLimits:
+        """The bounds every generation request is checked against."""
+        return RequestLimits(self.max_body_bytes, self.max_n)
 
     def policy_for(self, role: str) -> str:
         """The policy name that picks an instance of ``role``."""

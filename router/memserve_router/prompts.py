@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sglang_memserve.validate import InvalidRequest, RequestLimits, check_request
+
 
 class BadRequest(ValueError):
     """A request the router cannot route (answered with HTTP 400 and this message)."""
@@ -152,14 +154,25 @@ PARSERS: dict[str, Callable[[dict, Tokenizer | None], Prompt]] = {
 }
 
 
-def parse(path: str, body: Any, tok: Tokenizer | None) -> Prompt:
+def parse(path: str, body: Any, tok: Tokenizer | None,
+          limits: RequestLimits | None = None) -> Prompt:
     """The routing view of a request to ``path``.
 
+    Args:
+        limits: when given, the checks SGLang itself does not make
+            (:func:`sglang_memserve.validate.check_request`: ``n``, ``top_k``, empty prompts,
+            token lists of the wrong shape) run first.
     Raises:
-        BadRequest: a body that is not a JSON object, or a prompt of the wrong shape.
+        BadRequest: a body that is not a JSON object, a prompt of the wrong shape, or one
+            that those checks refuse.
     """
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if limits is not None:
+        try:
+            check_request(path, body, limits)
+        except InvalidRequest as e:
+            raise BadRequest(str(e)) from e
     prompt = PARSERS[path](body, tok)
     if tok is not None:
         batch = body.get("input_ids") if path == "/generate" else None

@@ -82,7 +82,8 @@ class Router:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._auth])
+        app = web.Application(client_max_size=self.config.max_body_bytes,
+                              middlewares=[self._auth])
         for path in GENERATE_ROUTES:
             app.router.add_post(path, self._generation_handler(path))
         for path in INFO_ROUTES:
@@ -250,7 +251,9 @@ class Router:
     async def _generate(self, request: web.Request, path: str) -> web.StreamResponse:
         try:
             body = orjson.loads(await request.read())
-            prompt = parse(path, body, self.tokenizer)
+            prompt = parse(path, body, self.tokenizer, self.config.limits)
+        except web.HTTPRequestEntityTooLarge as exc:
+            return _error(413, f"{exc.text} (--max-payload-size)")
         except (orjson.JSONDecodeError, BadRequest) as exc:
             return _error(400, f"bad request: {exc}")
         session_id = request.headers.get(self.config.session_header)
@@ -465,7 +468,8 @@ class Router:
         if path not in GENERATE_ROUTES:
             return _error(400, f"path must be one of {GENERATE_ROUTES}")
         try:
-            prompt = parse(path, orjson.loads(await request.read()), self.tokenizer)
+            prompt = parse(path, orjson.loads(await request.read()), self.tokenizer,
+                           self.config.limits)
         except (orjson.JSONDecodeError, BadRequest) as exc:
             return _error(400, f"bad request: {exc}")
         roles = ("prefill", "decode") if self.config.pd else ("colocated",)
