@@ -36,4 +36,14 @@ sim grow-r2 --instances 256 --policy memserve --replicas 2 --speedup 16
 sim grow-r4 --instances 256 --policy memserve --replicas 4 --speedup 8
 sim grow-r8 --instances 256 --policy memserve --replicas 8 --speedup 4
 sim rate10k-1024 --instances 1024 --policy memserve --replicas 8 --speedup 368
+# Against router_bench.py hits (4 tiny instances, 600 requests): the CPU bench table.
+VAL=(--instances 4 --workload mooncake --requests 600 --speedup 3 --unit-tokens 16 --scale-trace
+     --max-prompt-tokens 2000 --output-tokens 1 --check)
+for kv in 131072 8192; do
+    for p in memserve prefix round_robin; do
+        sim "validate-$p-$kv" "${VAL[@]}" --policy $p --hbm-tokens $kv --cost-table cpu-bench
+    done
+    sim "validate-memserve-nomig-$kv" "${VAL[@]}" --policy memserve --no-migrate --hbm-tokens $kv \
+        --cost-table cpu-bench
+done
 echo "all done" >> "$O/progress"

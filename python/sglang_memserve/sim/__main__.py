@@ -15,7 +15,10 @@ from .workload import SimRequest, mooncake, sharegpt
 
 
 def _mooncake(a: argparse.Namespace) -> list[SimRequest]:
-    return mooncake(a.trace, limit=a.requests, replicas=a.replicas, speedup=a.speedup)
+    scaled = a.unit_tokens if a.scale_trace else None
+    return mooncake(a.trace, limit=a.requests, replicas=a.replicas, speedup=a.speedup,
+                    block_tokens=scaled, max_prompt_tokens=a.max_prompt_tokens,
+                    output_tokens=a.output_tokens)
 
 
 def _sharegpt(a: argparse.Namespace) -> list[SimRequest]:
@@ -47,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
                    help="mooncake: first N requests; sharegpt: N conversations")
     p.add_argument("--replicas", type=int, default=1, help="mooncake: trace copies (rate x N)")
     p.add_argument("--speedup", type=float, default=1.0, help="mooncake: arrival times / S")
+    p.add_argument("--scale-trace", action="store_true",
+                   help="mooncake: lengths x unit-tokens / 512, as router_bench's prompts")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="mooncake: cut prompts")
+    p.add_argument("--output-tokens", type=int, default=None,
+                   help="mooncake: every request generates this many tokens")
     p.add_argument("--rate", type=float, default=2.0, help="sharegpt: conversations per second")
     p.add_argument("--think-s", type=float, default=5.0, help="sharegpt: pause between turns")
     p.add_argument("--cost-table", default=DEFAULT_TABLE, help="shipped table name or a path")

@@ -52,7 +52,9 @@ class SimRequest:
 
 
 def mooncake(path: Path | None = None, *, limit: int | None = None, replicas: int = 1,
-             speedup: float = 1.0, seed: int = 0) -> list[SimRequest]:
+             speedup: float = 1.0, block_tokens: int | None = None,
+             max_prompt_tokens: int | None = None, output_tokens: int | None = None,
+             seed: int = 0) -> list[SimRequest]:
     """The Mooncake conversation trace as simulated requests (module docstring).
 
     Args:
@@ -60,6 +62,10 @@ def mooncake(path: Path | None = None, *, limit: int | None = None, replicas: in
         limit: keep the first ``limit`` requests by arrival (after replication).
         replicas: trace copies (>= 1).
         speedup: divide every arrival time by this (> 0).
+        block_tokens: scale the trace down as ``workloads.trace.trace_prompts`` does (each hash
+            id a block of this many tokens, lengths x ``block_tokens / 512``); None: real lengths.
+        max_prompt_tokens: cut prompts to this many tokens (a small model's context).
+        output_tokens: every request generates this many tokens (None: the trace's lengths).
 
     Returns:
         Requests sorted by arrival; each answer gets fresh block ids (the trace does not say
@@ -83,11 +89,18 @@ def mooncake(path: Path | None = None, *, limit: int | None = None, replicas: in
     if limit is not None:
         rows = rows[:limit]
     fresh = itertools.count(replicas * top)
+    block = block_tokens or TRACE_BLOCK_TOKENS
     out = []
     for i, (t, ids, n_in, n_out) in enumerate(rows):
-        n_out = max(1, n_out)
-        out_blocks = tuple(next(fresh) for _ in range(-(-n_out // TRACE_BLOCK_TOKENS)))
-        out.append(SimRequest(i, t / speedup, ids, max(1, n_in), n_out, out_blocks,
+        if block_tokens is not None:  # trace_prompts' scaling: at least one token
+            n_in = max(1, round(n_in * block_tokens / TRACE_BLOCK_TOKENS))
+            n_in = min(n_in, len(ids) * block_tokens)
+        if max_prompt_tokens is not None and n_in > max_prompt_tokens:
+            n_in = max_prompt_tokens
+        blocks = ids[:-(-max(1, n_in) // block)]
+        n_out = max(1, n_out if output_tokens is None else output_tokens)
+        out_blocks = tuple(next(fresh) for _ in range(-(-n_out // block)))
+        out.append(SimRequest(i, t / speedup, blocks, max(1, n_in), n_out, out_blocks,
                               session=f"s{ids[1] if len(ids) > 1 else ids[0]}"))
     return out
 
