@@ -1,7 +1,7 @@
 """The malformed-input corpus (test/security/corpus.py, 245 cases in 12 classes) against a real
 MemServe instance and a real memserve-router in front of it: every case gets a 4xx with a
 message, none a 5xx, a hang or a crash, and both still serve a good request afterwards with the
-instance's pool intact."""
+instance's pool intact. The same pair's sockets: all on loopback."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from corpus import CHAT, COMPLETIONS, GENERATE, Case, corpus, valid
+from socket_audit import listeners, outside, tree_pids
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
 
@@ -99,3 +100,18 @@ def test_corpus_gets_4xx_with_a_message(fuzzed: Fuzzed, which: str,
     assert server.proc is not None and server.proc.poll() is None
     _good(target)
     settled(server.url)
+
+
+def test_colocated_instance_and_router_listen_only_on_loopback(fuzzed: Fuzzed) -> None:
+    """The socket audit for the colocated case (no Mooncake): nothing to excuse at all."""
+    found = []
+    for proc in (fuzzed.server.proc, fuzzed.router.proc):
+        assert proc is not None and proc.poll() is None
+        found += listeners(tree_pids(proc.pid))
+    assert not outside(found, "127.0.0.1"), "\n".join(map(str, outside(found, "127.0.0.1")))
+    ports = {s.port for s in found}
+    state = requests.get(f"{fuzzed.server.url}/server_info", timeout=30).json()
+    ends = state["internal_states"][0]["memserve"]["endpoints"]
+    expected = {fuzzed.server.port, fuzzed.router.port,
+                *(int(ends[k].rsplit(":", 1)[1]) for k in ("control", "events"))}
+    assert expected <= ports, f"missing {expected - ports} among {sorted(ports)}"
