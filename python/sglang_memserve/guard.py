@@ -44,7 +44,10 @@ def schema_fields() -> dict[str, frozenset[str]]:
         names |= {f.alias for f in model.model_fields.values() if f.alias}
         return frozenset(names)
 
-    return {GENERATE: frozenset(f.name for f in dataclasses.fields(GenerateReqInput)),
+    # NOTE: stock sglang-router adds "model" to every /generate it forwards (SGLang's handler
+    # ignores it); refusing it broke every cluster behind sglang-router, the stock baseline.
+    generate = {f.name for f in dataclasses.fields(GenerateReqInput)} | {"model"}
+    return {GENERATE: frozenset(generate),
             COMPLETIONS: pydantic(CompletionRequest), CHAT: pydantic(ChatCompletionRequest)}
 
 

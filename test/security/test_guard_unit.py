@@ -111,3 +111,14 @@ def test_token_ids_checked_in_the_tokenizer_manager() -> None:
         _check_prompt_ids(manager, text_only, [-1, 5])
     image = SimpleNamespace(**{**vars(text_only), "image_data": ["img"]})
     _check_prompt_ids(manager, image, [10**6])  # multimodal placeholders are not judged here
+
+
+def test_generate_accepts_the_model_field_sglang_router_adds() -> None:
+    """Stock sglang-router forwards every /generate with a ``model`` field (SGLang ignores it):
+    refusing it would break every cluster behind the stock router."""
+    from sglang_memserve.guard import schema_fields
+
+    fields = schema_fields()["/generate"]
+    check_request("/generate", {"input_ids": [1, 2, 3], "model": "default"}, LIMITS, fields)
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        check_request("/generate", {"input_ids": [1, 2, 3], "modell": "x"}, LIMITS, fields)
