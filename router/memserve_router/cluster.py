@@ -302,6 +302,7 @@ class Cluster:
 
     async def _poll_load(self, w: Worker) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        drained0, finished0 = w.drained_tokens, w.finished_requests
         try:
             async with self.session.get(f"{w.url}/v1/loads?include=core", timeout=timeout) as r:
                 if r.status != 200:
@@ -309,15 +310,24 @@ class Cluster:
                 body = await r.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return
+        # NOTE: the instance may have counted, before answering, requests of this router that
+        # finished while the answer travelled: take those out (at worst, others' are undercounted).
+        gone_tokens = w.drained_tokens - drained0
+        gone_requests = w.finished_requests - finished0
         loads = body.get("loads") or []
         if loads:
             keys = ("num_running_reqs", "num_waiting_reqs", "token_usage",
                     "num_waiting_uncached_tokens")
             polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
             polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+            for key in ("num_waiting_reqs", "num_running_reqs"):   # waiting ones go first
+                took = min(gone_requests, polled[key])
+                polled[key] -= took
+                gone_requests -= took
             w.polled = polled  # replaced, never changed in place: the load order watches it
             # Only what this router did not send (its own queue is pending_s already).
-            waiting = int(polled["num_waiting_uncached_tokens"]) - w.pending_tokens
+            waiting = (int(polled["num_waiting_uncached_tokens"]) - w.pending_tokens
+                       - gone_tokens)
             w.polled_wait_s = self.exec_time(waiting, 0) if waiting > 0 else 0.0
 
     def resync(self, wid: str) -> None:

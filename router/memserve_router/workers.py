@@ -86,6 +86,10 @@ class Worker:
     pending_s: float = 0.0
     pending_tokens: int = 0
     polled_wait_s: float = 0.0
+    # Running totals (never decrease): what drained since a poll was sent, so a poll that was
+    # answered before those drains does not count this router's finished requests again.
+    drained_tokens: int = 0
+    finished_requests: int = 0
     watcher: Callable[[Worker], None] | None = field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -131,10 +135,12 @@ class Worker:
         """A request's prefill (estimated ``seconds``) is done: its first byte arrived."""
         self.pending_s = max(0.0, self.pending_s - seconds)
         self.pending_tokens = max(0, self.pending_tokens - tokens)
+        self.drained_tokens += tokens
 
     def finished(self) -> None:
         """One of its requests ended; an idle instance has no queue left."""
         self.inflight = max(0, self.inflight - 1)
+        self.finished_requests += 1
         if self.inflight == 0:
             self.pending_s, self.pending_tokens = 0.0, 0
 
