@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
                    help="memserve policy: the holder of the longest cached prefix keeps a "
                         "request unless another instance's estimate is lower by more than this "
                         "fraction (0: lowest estimate always)")
+    p.add_argument("--migration-overhead-secs", type=float, default=None,
+                   help="memserve policy: pin a migration's fixed cost (default: learned from "
+                        "the migrations the router awaited)")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)
@@ -120,7 +123,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             host=a.host, port=a.port, api_key=a.api_key, tokenizer_path=a.tokenizer_path,
             cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
             migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
-            affinity_slack=a.affinity_slack,
+            affinity_slack=a.affinity_slack, migration_overhead_s=a.migration_overhead_secs,
             cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,
             balance_rel_threshold=a.balance_rel_threshold,

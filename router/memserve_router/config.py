@@ -53,6 +53,8 @@ class RouterConfig:
         min_migrate_gain_s: a migration must beat serving locally by this much: its fixed cost
             (control round trips through both instances' scheduler loops) is not in the cost
             table's per-page figure.
+        migration_overhead_s: a migration's fixed cost for the ``memserve`` policy, pinned;
+            None (default) learns it from the migrations the router awaited.
         affinity_slack: the ``memserve`` policy keeps a request on the holder of its longest
             cached prefix unless another option is estimated faster by more than this
             fraction of the holder's estimate.
@@ -92,6 +94,7 @@ class RouterConfig:
     migrate: bool = True
     min_migrate_gain_s: float = 0.05
     affinity_slack: float = 0.5
+    migration_overhead_s: float | None = None
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5

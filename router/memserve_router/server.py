@@ -66,7 +66,8 @@ class Router:
                           transfer_per_page_s=config.transfer_per_page_s,
                           migrate=config.migrate,
                           min_migrate_gain_s=config.min_migrate_gain_s,
-                          affinity_slack=config.affinity_slack)
+                          affinity_slack=config.affinity_slack,
+                          migration_overhead_s=config.migration_overhead_s)
         self.policies = {role: make_policy(config.policy_for(role), pc) for role in ROLES}
         from sglang_memserve.gpu.costmodel import load_table
 

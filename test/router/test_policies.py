@@ -381,6 +381,15 @@ def test_memserve_learns_what_a_migration_costs():
     assert p.select(RouteRequest(x), cs).migrate_from == "h"
 
 
+def test_memserve_pinned_migration_overhead_is_not_learned():
+    p = memserve(migration_overhead_s=0.25)
+    assert p.migration_overhead_s == 0.25
+    p.observe_migration(2048, 10.0)
+    assert p.migration_overhead_s == 0.25
+    with pytest.raises(ValueError, match="migration_overhead_s"):
+        PolicyConfig(migration_overhead_s=-1.0)
+
+
 def test_memserve_migration_overhead_is_in_the_explained_estimate():
     p = memserve()
     p.observe_migration(2048, 10.0)

@@ -44,8 +44,11 @@ def colo(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     b = ServerProcess(["--model-path", str(tiny_model), "--instance-id", "colo-b"], logs,
                       name="colo-b")
     with a, b:
+        # Migration costs pinned: a cost learned from earlier tests' migrations (on a busy
+        # machine) would otherwise decide whether the migration test migrates at all.
         router = start_router(["--worker-urls", a.url, b.url, "--transfer-per-page-s", "1e-5",
-                               "--min-migrate-gain-secs", "0"], logs)
+                               "--min-migrate-gain-secs", "0", "--migration-overhead-secs", "0"],
+                              logs)
         try:
             yield Colo(a, b, router)
         finally:
@@ -213,6 +216,8 @@ def test_router_migrates_a_hot_prefix_to_the_idle_instance(colo: Colo,
     wait_for(lambda: hits().get("colo-b", 0) >= 1100 and hits().get("colo-a", 0) >= 500,
              what="the router's trees to learn both prefixes")
     before = _peer(colo.a)
+    ok = 'memserve_router_migrations_total{outcome="ok"}'
+    migrated_before = _metric(requests.get(f"{colo.router.url}/metrics", timeout=10).text, ok)
     results: dict[int, tuple[dict, dict]] = {}
 
     def one(i: int) -> None:
@@ -225,7 +230,7 @@ def test_router_migrates_a_hot_prefix_to_the_idle_instance(colo: Colo,
         t.join(timeout=120)
     assert len(results) == 6
     metrics = requests.get(f"{colo.router.url}/metrics", timeout=10).text
-    assert 'memserve_router_migrations_total{outcome="ok"}' in metrics, metrics[-3000:]
+    assert _metric(metrics, ok) > migrated_before, metrics[-3000:]
     # a commits what it received on its next scheduler loop.
     peer = wait_for(lambda: (p := _peer(colo.a))["pages_received"] > before["pages_received"]
                     and p, what="a to commit the migrated pages")
@@ -235,6 +240,12 @@ def test_router_migrates_a_hot_prefix_to_the_idle_instance(colo: Colo,
     for i in (0, 5):
         ref, _ = generate(reference.url, shared + [10 + i, 11 + i])
         assert results[i][0]["output_ids"] == ref["output_ids"]
+
+
+def _metric(text: str, sample: str) -> float:
+    """A Prometheus sample's value in ``text`` (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(sample))
 
 
 def _peer(server: ServerProcess) -> dict:

@@ -196,6 +196,8 @@ class PolicyConfig:
             cost table; moving a conversation on a small predicted gain loses its cache for a
             gain inside the model's error. Migrations (the cache moves along) are not held
             back by it.
+        migration_overhead_s: ``memserve``: a migration's fixed cost, pinned; None learns it
+            from the migrations the router awaits (``observe_migration``).
         session_table_size: ``session``: sessions remembered (least recently used evicted).
     """
 
@@ -209,6 +211,7 @@ class PolicyConfig:
     load_per_request_s: float = 1e-3
     max_migrate_sources: int = 4
     affinity_slack: float = 0.0
+    migration_overhead_s: float | None = None
     session_table_size: int = 100_000
 
     def __post_init__(self) -> None:
@@ -220,6 +223,8 @@ class PolicyConfig:
             raise ValueError(f"transfer_per_page_s must be >= 0, got {self.transfer_per_page_s}")
         if self.min_migrate_gain_s < 0 or self.load_per_request_s < 0:
             raise ValueError("min_migrate_gain_s and load_per_request_s must be >= 0")
+        if self.migration_overhead_s is not None and self.migration_overhead_s < 0:
+            raise ValueError(f"migration_overhead_s must be >= 0, got {self.migration_overhead_s}")
         if not 0.0 <= self.affinity_slack < 1.0:
             raise ValueError(f"affinity_slack must be in [0, 1), got {self.affinity_slack}")
         if self.max_migrate_sources < 1 or self.session_table_size < 1:

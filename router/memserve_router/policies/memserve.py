@@ -57,7 +57,8 @@ class MemServePolicy(Policy):
                                            if config.transfer_per_page_s is not None
                                            else self.table.transfer_per_page_s)
         self._exec_cache: dict[tuple[int, int], float] = {}
-        self.migration_overhead_s: float | None = None  # None until a migration is observed
+        # None until a migration is observed; a configured value is pinned (never learned).
+        self.migration_overhead_s: float | None = config.migration_overhead_s
 
     def observe_migration(self, tokens: int, seconds: float) -> None:
         """Learn a migration's fixed cost from one that ran: its wall time less the table's
@@ -66,7 +67,11 @@ class MemServePolicy(Policy):
         Args:
             tokens: tokens of KV the migration moved (or was asked to move).
             seconds: how long the request waited for it.
+
+        A pinned ``config.migration_overhead_s`` is kept as it is.
         """
+        if self.config.migration_overhead_s is not None:
+            return
         over = max(0.0, seconds - self.table.pages_for(tokens) * self.transfer_per_page_s)
         old = self.migration_overhead_s
         self.migration_overhead_s = over if old is None else (
