@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from memserve_router.policies import PolicyConfig
 from sglang_memserve.mempool.auth import ControlAuth
 from sglang_memserve.validate import RequestLimits
 
@@ -119,6 +120,19 @@ class RouterConfig:
         if not self.pd and roles - {"colocated"}:
             raise ValueError("prefill/decode instances need --pd-disaggregation")
         self.limits  # noqa: B018 -- validates them
+        self.policy_config  # noqa: B018 -- validates the policies' settings at parse time
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        """The settings every policy reads, from this config (raises ValueError when bad)."""
+        return PolicyConfig(cache_threshold=self.cache_threshold,
+                            balance_abs_threshold=self.balance_abs_threshold,
+                            balance_rel_threshold=self.balance_rel_threshold,
+                            cost_table=self.cost_table,
+                            transfer_per_page_s=self.transfer_per_page_s,
+                            migrate=self.migrate, min_migrate_gain_s=self.min_migrate_gain_s,
+                            affinity_slack=self.affinity_slack,
+                            migration_overhead_s=self.migration_overhead_s)
 
     @property
     def limits(self) -> RequestLimits:

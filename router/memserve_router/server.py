@@ -26,7 +26,6 @@ from memserve_router.metrics import RouterMetrics
 from memserve_router.policies import (
     Decision,
     NoCandidate,
-    PolicyConfig,
     RouteRequest,
     make_policy,
 )
@@ -59,15 +58,7 @@ class Router:
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        pc = PolicyConfig(cache_threshold=config.cache_threshold,
-                          balance_abs_threshold=config.balance_abs_threshold,
-                          balance_rel_threshold=config.balance_rel_threshold,
-                          cost_table=config.cost_table,
-                          transfer_per_page_s=config.transfer_per_page_s,
-                          migrate=config.migrate,
-                          min_migrate_gain_s=config.min_migrate_gain_s,
-                          affinity_slack=config.affinity_slack,
-                          migration_overhead_s=config.migration_overhead_s)
+        pc = config.policy_config
         self.policies = {role: make_policy(config.policy_for(role), pc) for role in ROLES}
         from sglang_memserve.gpu.costmodel import load_table
 

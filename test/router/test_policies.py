@@ -606,3 +606,15 @@ def test_memserve_equal_estimates_keep_the_longer_hit() -> None:
     for order in ([cold, warm], [warm, cold]):
         for _ in range(3):
             assert policy.select(RouteRequest(x), order).instance_id == "warm"
+
+
+@pytest.mark.parametrize("flags", [["--affinity-slack", "2"], ["--migration-overhead-secs", "-1"],
+                                   ["--min-migrate-gain-secs", "-0.5"]])
+def test_bad_policy_flags_are_cli_errors(flags, capsys):
+    """A bad policy setting is refused when the command line is parsed, with the cause."""
+    from memserve_router.cli import config_from_args
+
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--worker-urls", "http://127.0.0.1:9", *flags])
+    assert exc.value.code == 2
+    assert "must be" in capsys.readouterr().err
