@@ -9,7 +9,8 @@ import pytest
 
 from sglang_memserve.bench.metrics import RequestRecord, summarize
 from sglang_memserve.bench.replay import ChatEncoder, ReplayConfig, arrival_times
-from sglang_memserve.workloads import load_longdoc, load_sharegpt
+from sglang_memserve.workloads import episode_calls, load_longdoc, load_react, load_sharegpt
+from sglang_memserve.workloads.react import ReactFormatError
 
 
 def test_shipped_sample_without_shared_data(monkeypatch: pytest.MonkeyPatch,
@@ -68,3 +69,68 @@ def test_summary_counts_failures_and_tiers() -> None:
     assert s["failed"] == 1 and s["requests"] == 2
     assert s["hit_rate"] == 0.6 and s["computed_prompt_tokens"] == 40
     assert s["cached_by_tier"] == {"device": 40, "host": 20}
+
+
+def test_react_sample_without_shared_data(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("MEMSERVE_DATA_DIR", str(tmp_path))  # an empty data dir
+    episodes, prompts = load_react(limit=6)
+    assert len(episodes) == 6
+    # A small limit still mixes the tasks (taken in turn from each).
+    assert {e.task for e in episodes} == {"factcheck", "shopping"}
+    for ep in episodes:
+        calls = episode_calls(ep, prompts)
+        assert len(calls) == len(ep.steps) >= 2
+        few_shot = prompts[ep.prompt_id]
+        assert all(c.text.startswith(few_shot + ep.question) for c in calls)
+        for a, b in zip(calls, calls[1:], strict=False):
+            # Call i+1 = call i's history + the step call i generated (+ its observation).
+            assert b.segments[:len(a.segments) - 1] == a.segments[:-1]
+            assert a.expected_output.strip() and a.expected_output.strip() in b.text
+
+
+def _react_files(tmp_path: Path, episodes: list[dict], prompts: dict) -> tuple[Path, Path]:
+    t, p = tmp_path / "t.jsonl", tmp_path / "p.json"
+    t.write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    p.write_text(json.dumps(prompts))
+    return t, p
+
+
+def test_react_fever_format_matches_the_notebook(tmp_path: Path) -> None:
+    ep = {"episode_id": "fever/1", "task": "fever", "prompt_id": "f", "question": "Claim: X.",
+          "steps": [{"thought": "t1", "action": "Search[X]", "observation": "o" * 50},
+                    {"thought": "t2", "action": "Finish[SUPPORTS]", "observation": "done"}]}
+    shop = {"episode_id": "webshop/1", "task": "webshop", "prompt_id": "w", "question": "Q",
+            "steps": [{"action": "search[a]", "observation": "page"},
+                      {"action": "click[b]", "observation": ""}]}
+    t, p = _react_files(tmp_path, [ep, shop], {"f": "FEW\n", "w": "SHOT\n"})
+    episodes, prompts = load_react(t, p, max_steps=5)
+    f_calls = episode_calls(episodes[0], prompts, max_observation_chars=10)
+    assert f_calls[0].text == "FEW\nClaim: X.\nThought 1:"
+    assert f_calls[0].expected_output == " t1\nAction 1: Search[X]"
+    assert f_calls[1].text == ("FEW\nClaim: X.\nThought 1: t1\nAction 1: Search[X]\n"
+                               "Observation 1: " + "o" * 10 + "\nThought 2:")
+    w_calls = episode_calls(episodes[1], prompts)
+    assert w_calls[0].text == "SHOT\nQ\n\nAction:" and w_calls[0].expected_output == " search[a]"
+    assert w_calls[1].text == "SHOT\nQ\n\nAction: search[a]\nObservation: page\n\nAction:"
+    assert load_react(t, p, tasks=["webshop"])[0][0].episode_id == "webshop/1"
+    assert len(load_react(t, p, max_steps=1)[0][0].steps) == 1
+
+
+def test_react_bad_input_is_a_typed_error(tmp_path: Path) -> None:
+    ok = {"episode_id": "e", "task": "fever", "prompt_id": "f", "question": "q",
+          "steps": [{"action": "a", "observation": "o"}]}
+    t, p = _react_files(tmp_path, [ok], {"other": "x"})
+    with pytest.raises(ReactFormatError, match="prompt_id 'f'"):
+        load_react(t, p)
+    t, p = _react_files(tmp_path, [{"episode_id": "e", "task": "fever"}], {"f": "x"})
+    with pytest.raises(ReactFormatError, match=r"t\.jsonl:1"):
+        load_react(t, p)
+    t.write_text("{not json\n")
+    with pytest.raises(ReactFormatError, match="not JSON"):
+        load_react(t, p)
+    p.write_text("[1, 2]")
+    with pytest.raises(ReactFormatError, match="prompt_id -> prompt text"):
+        load_react(t, p)
+    with pytest.raises(ValueError, match="both"):
+        load_react(t)
