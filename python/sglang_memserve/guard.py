@@ -7,16 +7,22 @@ body (413), parses it (400 on bad JSON or invalid UTF-8) and runs
 :func:`sglang_memserve.validate.check_request` with the route schema's own field names; a
 request that passes is handed to SGLang with the very same bytes. Every other route and method
 passes untouched. Answers are ``{"error": {"message", "type", "code"}}``.
+
+With overload limits (:class:`~sglang_memserve.overload.OverloadLimits`) a request that passes
+also needs a slot of the server's :class:`~sglang_memserve.overload.Admission` gate, held until
+its response (streamed or not) is over; without one it gets 429 or 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
+from sglang_memserve.overload import Admission, Overloaded, OverloadLimits, overload_headers
 from sglang_memserve.validate import (
     CHAT,
     COMPLETIONS,
@@ -31,6 +37,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+logger = logging.getLogger(__name__)
 
 
 def schema_fields() -> dict[str, frozenset[str]]:
@@ -51,12 +58,13 @@ def schema_fields() -> dict[str, frozenset[str]]:
             COMPLETIONS: pydantic(CompletionRequest), CHAT: pydantic(ChatCompletionRequest)}
 
 
-async def _answer(send: Send, status: int, message: str) -> None:
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                   "code": status}})
+async def _answer(send: Send, status: int, message: str,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    kind = "overloaded" if status in (429, 503) else "invalid_request_error"
+    body = orjson.dumps({"error": {"message": message, "type": kind, "code": status}})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -67,15 +75,18 @@ class RequestGuard:
         app: the ASGI app behind it.
         limits: body size and ``n`` bounds.
         fields: route -> known field names (default: :func:`schema_fields`).
+        overload: admission bounds (default: none).
     """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
                  limits: RequestLimits | None = None,
-                 fields: dict[str, frozenset[str]] | None = None) -> None:
+                 fields: dict[str, frozenset[str]] | None = None,
+                 overload: OverloadLimits | None = None) -> None:
         self.app = app
         self.limits = limits or RequestLimits()
         self.fields = schema_fields() if fields is None else fields
         self.refused = 0
+        self.admission = Admission(overload or OverloadLimits())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or \
@@ -108,7 +119,15 @@ class RequestGuard:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        try:
+            await self.admission.acquire()
+        except Overloaded as e:
+            await _answer(send, e.status, str(e), overload_headers(e))
+            return
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.admission.release()
 
     async def _body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
         """The whole body, or None if the client disconnected.
@@ -140,13 +159,19 @@ class RequestGuard:
                 return b"".join(chunks)
 
 
-def install(limits: RequestLimits) -> bool:
-    """Add the guard to SGLang's FastAPI app (outermost, so it runs first). Returns False when
-    the app cannot take it any more (already started)."""
+def install(limits: RequestLimits, overload: OverloadLimits | None = None) -> bool:
+    """Add the guard to SGLang's FastAPI app (outermost, so it runs first) and, when
+    ``overload.read_timeout_s`` is set, the request read deadline to uvicorn. Returns False when
+    the app cannot take the guard any more (already started)."""
     from sglang.srt.entrypoints.http_server import app
 
+    from sglang_memserve.overload import install_deadline
+
+    overload = overload or OverloadLimits()
+    if overload.read_timeout_s and not install_deadline(overload.read_timeout_s):
+        logger.warning("uvicorn uses httptools here: no request read deadline")
     try:
-        app.add_middleware(RequestGuard, limits=limits)
+        app.add_middleware(RequestGuard, limits=limits, overload=overload)
     except RuntimeError:
         return False
     return True

@@ -20,6 +20,7 @@ from sglang_memserve import compat
 from sglang_memserve.bind import DIST_OVERRIDE_ENV, local_bind_env
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
 from sglang_memserve.model.registry import MODELS, folder_cpu_dtype
+from sglang_memserve.overload import OverloadLimits
 from sglang_memserve.validate import RequestLimits
 
 # NOTE: runs again as ``__mp_main__`` in every process SGLang spawns, before the child unpickles
@@ -88,6 +89,18 @@ def memserve_parser() -> argparse.ArgumentParser:
                    metavar="BYTES", help="largest generation request body (413 beyond)")
     g.add_argument("--max-n", type=int, default=RequestLimits.max_n,
                    help="largest n (parallel samples) a generation request may ask for")
+    g.add_argument("--max-concurrent-requests", type=int, default=0, metavar="N",
+                   help="generation requests served at once (0: unlimited); beyond, up to "
+                        "--queue-size wait, the rest get 429 with Retry-After")
+    g.add_argument("--queue-size", type=int, default=0, metavar="N",
+                   help="requests that may wait for a slot (a bounded queue; SGLang's own "
+                        "--max-queued-requests bounds its scheduler's queue)")
+    g.add_argument("--queue-timeout-secs", type=float, default=OverloadLimits.queue_timeout_s,
+                   help="longest wait for a slot (503 with Retry-After after it)")
+    g.add_argument("--request-read-timeout-secs", type=float,
+                   default=OverloadLimits.read_timeout_s,
+                   help="a client must send a whole request (headers and body) within this "
+                        "(slow clients are cut off; 0: no deadline)")
     g.add_argument("--embedded-model", choices=sorted(MODELS), default="tiny",
                    help="embedded model served when --model-path is absent (smollm2: a real "
                         "instruct model; tiny, bench: random weights for tests and benchmarks)")
@@ -198,6 +211,16 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
     return config, sg, env
 
 
+def overload_limits(argv: Sequence[str]) -> OverloadLimits:
+    """The guard's admission bounds and read deadline from the command line (ValueError when
+    bad)."""
+    ms, _ = memserve_parser().parse_known_args(list(argv))
+    return OverloadLimits(max_concurrent=ms.max_concurrent_requests,
+                          max_queued=ms.queue_size,
+                          queue_timeout_s=ms.queue_timeout_secs,
+                          read_timeout_s=ms.request_read_timeout_secs)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
@@ -205,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\nAll SGLang server arguments are accepted as well (python -m sglang.launch_server -h).")
         return
     config, sg_argv, env = build(argv, cpu=compat.needed())
+    overload = overload_limits(argv)  # bad bounds fail here, before SGLang starts
     store_dir = tempfile.mkdtemp(prefix="memserve-dist-")
     env.update(local_bind_env(config.host, store_dir,
                               nnodes=int(_value(sg_argv, "--nnodes", "1")),
@@ -235,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # The guard lives in this process's copy of SGLang's app: SGLang's extra tokenizer workers
     # (--tokenizer-worker-num > 1) re-import the app without it.
-    if not guard.install(config.limits):
+    if not guard.install(config.limits, overload):
         logger.warning("SGLang's HTTP app is already started: no request guard")
     if int(_value(sg_argv, "--tokenizer-worker-num", "1")) > 1:
         logger.warning("--tokenizer-worker-num > 1: those workers serve without MemServe's "

@@ -72,6 +72,16 @@ def parser() -> argparse.ArgumentParser:
                    metavar="BYTES", help="largest request body (413 beyond)")
     p.add_argument("--max-n", type=int, default=RequestLimits.max_n,
                    help="largest n (parallel samples) a generation request may ask for")
+    p.add_argument("--max-concurrent-requests", type=int, default=0,
+                   help="generation requests forwarded at once (0 or -1: unlimited); beyond, "
+                        "up to --queue-size wait, the rest get 429 with Retry-After")
+    p.add_argument("--queue-size", type=int, default=RouterConfig.queue_size,
+                   help="requests that may wait for a slot")
+    p.add_argument("--queue-timeout-secs", type=float, default=RouterConfig.queue_timeout_s,
+                   help="longest wait for a slot (503 with Retry-After after it)")
+    p.add_argument("--request-read-timeout-secs", type=float,
+                   default=RouterConfig.request_read_timeout_s,
+                   help="a generation request's body must arrive within this (408; 0: none)")
     p.add_argument("--mempool-secret-file", default=None, metavar="PATH",
                    help="the instances' control-channel secret (signs snapshot and kv_push "
                         "requests); default: $MEMSERVE_SECRET_FILE or $MEMSERVE_SECRET, else "
@@ -134,7 +144,10 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             request_timeout_s=a.request_timeout_secs,
             retries=0 if a.disable_retries else 1,
             control_auth=load_auth(a.mempool_secret_file),
-            max_body_bytes=a.max_payload_size, max_n=a.max_n)
+            max_body_bytes=a.max_payload_size, max_n=a.max_n,
+            max_concurrent_requests=max(0, a.max_concurrent_requests),
+            queue_size=a.queue_size, queue_timeout_s=a.queue_timeout_secs,
+            request_read_timeout_s=a.request_read_timeout_secs)
         return config, a.log_level
     except (ValueError, AuthError) as exc:
         p.error(str(exc))

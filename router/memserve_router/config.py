@@ -7,6 +7,7 @@ from typing import Literal
 
 from memserve_router.policies import PolicyConfig
 from sglang_memserve.mempool.auth import ControlAuth
+from sglang_memserve.overload import OverloadLimits
 from sglang_memserve.validate import RequestLimits
 
 Role = Literal["colocated", "prefill", "decode"]
@@ -79,6 +80,12 @@ class RouterConfig:
         max_body_bytes: largest request body (413 beyond; sglang-router's
             ``--max-payload-size``).
         max_n: largest ``n`` a generation request may ask for (400 beyond).
+        max_concurrent_requests, queue_size, queue_timeout_s: admission of generation requests
+            (``memserve_router.limits``; 0 concurrent: unlimited): beyond the running ones up to
+            ``queue_size`` wait up to ``queue_timeout_s``; the rest get 429/503 with
+            ``Retry-After``.
+        request_read_timeout_s: a generation request's body must arrive within this (408
+            after it; 0: no deadline).
     """
 
     workers: tuple[WorkerSpec, ...] = ()
@@ -112,6 +119,10 @@ class RouterConfig:
     control_auth: ControlAuth | None = None
     max_body_bytes: int = RequestLimits.max_body_bytes
     max_n: int = RequestLimits.max_n
+    max_concurrent_requests: int = 0
+    queue_size: int = 100
+    queue_timeout_s: float = 60.0
+    request_read_timeout_s: float = OverloadLimits.read_timeout_s
 
     def __post_init__(self) -> None:
         roles = {w.role for w in self.workers}
@@ -120,6 +131,7 @@ class RouterConfig:
         if not self.pd and roles - {"colocated"}:
             raise ValueError("prefill/decode instances need --pd-disaggregation")
         self.limits  # noqa: B018 -- validates them
+        self.overload  # noqa: B018
         self.policy_config  # noqa: B018 -- validates the policies' settings at parse time
 
     @property
@@ -138,6 +150,13 @@ class RouterConfig:
     def limits(self) -> RequestLimits:
         """The bounds every generation request is checked against."""
         return RequestLimits(self.max_body_bytes, self.max_n)
+
+    @property
+    def overload(self) -> OverloadLimits:
+        """The admission bounds and read deadline (raises ValueError when bad)."""
+        return OverloadLimits(max_concurrent=self.max_concurrent_requests,
+                              max_queued=self.queue_size, queue_timeout_s=self.queue_timeout_s,
+                              read_timeout_s=self.request_read_timeout_s)
 
     def policy_for(self, role: str) -> str:
         """The policy name that picks an instance of ``role``."""

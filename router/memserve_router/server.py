@@ -22,6 +22,7 @@ from aiohttp import web
 
 from memserve_router.cluster import Cluster
 from memserve_router.config import ROLES, RouterConfig, WorkerSpec
+from memserve_router.limits import Limits
 from memserve_router.metrics import RouterMetrics
 from memserve_router.policies import (
     Decision,
@@ -74,8 +75,10 @@ class Router:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def app(self) -> web.Application:
+        # Admission after the API key: an unauthenticated burst takes no slots.
+        self.limits = Limits(self.config.overload, GENERATE_ROUTES)
         app = web.Application(client_max_size=self.config.max_body_bytes,
-                              middlewares=[self._auth])
+                              middlewares=[self._auth, self.limits.middleware])
         for path in GENERATE_ROUTES:
             app.router.add_post(path, self._generation_handler(path))
         for path in INFO_ROUTES:
