@@ -79,7 +79,8 @@ class MemServeRadixCache(UnifiedRadixCache):
             "snapshot": lambda _m: pool.snapshot(),
             "integrity": lambda _m: self.memserve_bridge.call(self.memserve_check,
                                                               config.peer_timeout_s)}
-        self.memserve_peer = PeerService(self, pool, self.memserve_bridge, _Transport(config),
+        self.memserve_peer = PeerService(self, pool, self.memserve_bridge,
+                                         _Transport(pool.config),
                                          timeout_s=config.peer_timeout_s)
         handlers.update(self.memserve_peer.handlers())
         self.memserve_control = RpcServer(config.instance_id, config.host, config.control_port,
@@ -104,6 +105,8 @@ class MemServeRadixCache(UnifiedRadixCache):
         """Called by the plugin after each ``Scheduler.ingest_requests`` (scheduler thread)."""
         if self.memserve_bridge is not None:
             self.memserve_bridge.drain(scheduler)
+        if self.memserve_peer is not None:
+            self.memserve_peer.tick()  # leases pass on idle iterations too
 
     def _page_ids(self, node: Any, tier: str) -> list[int] | None:
         data = full_data(node)
@@ -178,7 +181,7 @@ class _Transport:
     engine when the process has one (PD roles), else a MemPool TransferAgent over SGLang's KV
     buffers. Resolved on first use: SGLang creates its engine after the tree cache."""
 
-    def __init__(self, config: MemServeConfig) -> None:
+    def __init__(self, config: MemPoolConfig) -> None:
         self.config = config
         self._segment: str | None = None
         self._write: Callable[[str, list[tuple[int, int, int]]], int] | None = None
@@ -191,12 +194,11 @@ class _Transport:
         engine = get_mooncake_transfer_engine()
         if engine is not None:
             self._segment = engine.get_session_id()
-            self._write = _sglang_writer(engine)
+            self._write = _sglang_writer(engine, self.config.max_batch_entries)
             return
-        from sglang_memserve.mempool import MemPoolConfig, Region, TransferAgent
+        from sglang_memserve.mempool import Region, TransferAgent
 
-        agent = TransferAgent(MemPoolConfig(host=self.config.host,
-                                            transfer_timeout_s=self.config.peer_timeout_s))
+        agent = TransferAgent(self.config)
         agent.register([Region(a, n) for a, n in regions])
         self._segment, self._write = agent.segment_name, agent.write
 
@@ -210,11 +212,12 @@ class _Transport:
         return self._write(segment, writes)
 
 
-def _sglang_writer(engine: Any) -> Callable[[str, list[tuple[int, int, int]]], int]:
+def _sglang_writer(engine: Any, step: int) -> Callable[[str, list[tuple[int, int, int]]], int]:
+    """Writes through SGLang's Mooncake engine in batches of ``step`` blocks (Mooncake fails
+    whole batches of a few thousand: ``MemPoolConfig.max_batch_entries``)."""
     from sglang_memserve.mempool.errors import TransferError
 
     def write(segment: str, writes: list[tuple[int, int, int]]) -> int:
-        step = 1024  # Mooncake fails whole batches much larger than this (see mempool.transfer)
         for i in range(0, len(writes), step):
             chunk = writes[i:i + step]
             rc = engine.batch_transfer_sync(segment, [w[0] for w in chunk],

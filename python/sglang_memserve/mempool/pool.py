@@ -13,10 +13,8 @@ The control channel (:meth:`MemPool.serve`) answers peers on its own thread.
 from __future__ import annotations
 
 import threading
-import time
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .config import MemPoolConfig
 from .errors import (
@@ -25,28 +23,18 @@ from .errors import (
     MemPoolError,
     OutOfPages,
     PageOwnershipError,
-    TransferError,
     UnknownTier,
 )
 from .events import EventPublisher, tree_snapshot
 from .membership import MemberInfo, MemberRegistry, TierInfo
+from .pool_adapter import PoolDestination
+from .protocol import Peer, SendItem, TxnTable, send
+from .protocol import handlers as protocol_handlers
 from .radix import Change, Node, RadixTree
 from .results import InsertResult, MatchedNode, MatchResult, TransferResult
-from .rpc import RpcServer, rpc_call
-from .tier import PageLayout, Tier
+from .rpc import RpcServer
+from .tier import Tier
 from .transfer import TransferAgent, plan_segments
-
-
-@dataclass
-class _IncomingTxn:
-    """Pages a destination allocated for a transfer_with_insert that has not committed yet."""
-
-    path: list[tuple[int, ...]]
-    tier: str
-    skip: int
-    pages: list[int]
-    handle: Node | None
-    deadline: float
 
 
 class MemPool:
@@ -82,7 +70,9 @@ class MemPool:
         self.registry = MemberRegistry()
         self._lock = threading.RLock()
         self._in_use: dict[str, set[int]] = {name: set() for name in tiers}
-        self._txns: dict[str, _IncomingTxn] = {}
+        # Incoming transfer_with_insert transactions (see .protocol), under this pool's lock.
+        self.incoming = TxnTable(PoolDestination(self), config.txn_lease_s,
+                                 config.min_transfer_rate_bps)
         self._rpc: RpcServer | None = None
         if transfer is not None:
             for t in self.tiers.values():
@@ -499,10 +489,8 @@ class MemPool:
                     {
                         "info": lambda m: {"member": self.member_info().to_json()},
                         "snapshot": lambda m: self.snapshot(),
-                        "prepare": self._on_prepare,
-                        "commit": self._on_commit,
-                        "abort": self._on_abort,
                         "integrity": lambda m: {"counts": self.check_integrity()},
+                        **protocol_handlers(self.incoming, self._locked, self._locked),
                     },
                     on_idle=self._on_idle,
                 )
@@ -514,8 +502,7 @@ class MemPool:
             self._rpc.close()
             self._rpc = None
         with self._lock:
-            for txn in list(self._txns):
-                self._abort(txn)
+            self.incoming.close()
         if self.events is not None:
             self.events.close()
 
@@ -525,64 +512,10 @@ class MemPool:
             ev = self.events
             return tree_snapshot(self.tree, ev.seq if ev else 0, ev.epoch if ev else "")
 
-    def _on_prepare(self, msg: dict) -> dict:
+    def _locked(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` under the pool's lock (the protocol's "on the owner's thread")."""
         with self._lock:
-            tier = msg["tier"]
-            t = self._tier(tier)
-            path = self.tree.to_pages(msg["tokens"])
-            skip, handle = 0, None
-            for node, k in self.tree.match_pages(path).steps:
-                if tier not in node.locs:
-                    break
-                skip, handle = skip + k, node
-            if handle is not None:
-                self.tree.lock(handle)  # the prefix we skip must survive until commit
-            try:
-                pages = self.alloc_mem(len(path) - skip, tier)
-            except BaseException:
-                if handle is not None:
-                    self.tree.unlock(handle)
-                raise
-            # The lease also scales with the bytes to receive, so a long healthy transfer is
-            # never reaped (and its pages reused) while the source is still writing.
-            nbytes = len(pages) * t.store.layout.page_nbytes
-            lease = self.config.txn_lease_s + nbytes / self.config.min_transfer_rate_bps
-            self._txns[msg["txn"]] = _IncomingTxn(
-                path, tier, skip, pages, handle, time.monotonic() + lease
-            )
-            return {"skip": skip, "pages": pages, "layout": t.store.layout.to_json()}
-
-    def _abort(self, txn_id: str) -> bool:
-        txn = self._txns.pop(txn_id, None)
-        if txn is None:
-            return False
-        self.free_mem(txn.pages, txn.tier)
-        if txn.handle is not None:
-            self.tree.unlock(txn.handle)
-        return True
-
-    def _on_abort(self, msg: dict) -> dict:
-        with self._lock:
-            return {"aborted": self._abort(msg["txn"])}
-
-    def _on_commit(self, msg: dict) -> dict:
-        with self._lock:
-            txn = self._txns.pop(msg["txn"], None)
-            if txn is None:
-                raise TransferError(f"transaction {msg['txn']} unknown or expired")
-            prefix: list[int] = []
-            for node, k in self.tree.match_pages(txn.path[: txn.skip]).steps:
-                prefix.extend(node.locs[txn.tier][:k])  # locked since prepare: still there
-            ids = prefix + txn.pages
-            dup_idx, changes, node = self.tree.insert(txn.path, txn.tier, ids)
-            late_dups = [ids[i] for i in dup_idx if i >= txn.skip]  # indexed meanwhile
-            self._in_use[txn.tier].difference_update(p for p in txn.pages if p not in late_dups)
-            if late_dups:
-                self.free_mem(late_dups, txn.tier)
-            if txn.handle is not None:
-                self.tree.unlock(txn.handle)
-            self._emit(changes)
-            return {"indexed": len(txn.pages) - len(late_dups), "duplicates": len(late_dups)}
+            return fn()
 
     def _on_idle(self) -> None:
         self.reap_expired()
@@ -606,16 +539,12 @@ class MemPool:
         Returns:
             Transactions aborted.
         """
-        now = time.monotonic()
         with self._lock:
-            expired = [k for k, t in self._txns.items() if t.deadline < now]
-            for k in expired:
-                self._abort(k)
-            return len(expired)
+            return self.incoming.reap()
 
     @property
     def pending_transfers(self) -> int:
-        return len(self._txns)
+        return self.incoming.pending()
 
     # ---- transfer API (source side) ------------------------------------------------------
 
@@ -679,31 +608,8 @@ class MemPool:
         n = len(tokens) // ps
         if len(src_pages) != n:
             raise ValueError(f"{len(src_pages)} source pages for {n} whole pages of tokens")
-        src_layout = self._tier(src_tier).store.layout
-        timeout = self.config.transfer_timeout_s
-        txn = uuid.uuid4().hex
-        prep = rpc_call(
-            info.control_endpoint,
-            {"op": "prepare", "txn": txn, "tokens": list(tokens[: n * ps]), "tier": dst_tier},
-            timeout_s=timeout,
-            expect_instance=dst,
-        )
-        skip, dpages = int(prep["skip"]), [int(p) for p in prep["pages"]]
-        try:
-            writes = plan_segments(
-                src_layout, src_pages[skip:], PageLayout.from_json(prep["layout"]), dpages
-            )
-            nbytes = agent.write(info.segment_name, writes) if writes else 0
-        except MemPoolError:
-            try:
-                rpc_call(info.control_endpoint, {"op": "abort", "txn": txn}, timeout_s=timeout)
-            except MemPoolError:
-                pass  # the destination reaps the transaction after its lease
-            raise
-        res = rpc_call(
-            info.control_endpoint,
-            {"op": "commit", "txn": txn},
-            timeout_s=timeout,
-            expect_instance=dst,
-        )
-        return TransferResult(len(dpages), skip, nbytes, int(res["duplicates"]), dpages)
+        peer = Peer(info.control_endpoint, self.config.transfer_timeout_s, dst)
+        out = send(peer, SendItem(list(tokens[: n * ps]), list(src_pages)),
+                   self._tier(src_tier).store.layout, agent, dst_tier)
+        return TransferResult(out.sent_pages, out.skip // ps, out.nbytes, out.duplicates,
+                              out.dst_pages)
