@@ -44,7 +44,7 @@ def _add_memserve_state(output: Any, controller: Any, *_args: Any, **_kwargs: An
     tree_cache = getattr(controller.scheduler, "tree_cache", None)
     state_fn = getattr(tree_cache, "memserve_state", None)
     state: dict[str, Any] = {"tree_cache_class": type(tree_cache).__name__,
-                             "compat_patches": compat.applied()}
+                             "compat_patches": compat.applied(), "compat_census": compat.census()}
     if state_fn is not None:
         state.update(state_fn())
     output.internal_state["memserve"] = state

@@ -1,26 +1,38 @@
-"""CPU compatibility layer: the smallest patches that let stock SGLang 0.5.23 run on a CPU-only host.
-
-Every patch is applied only where it is needed (see ``docs/cpu-compat.md``):
+"""CPU compatibility layer and the start-up check of every SGLang internal MemServe patches.
 
 * import time (:func:`apply_import_patches`): a CUDA-built torchvision whose C ops are absent, and
-  the missing CPU build of ``sgl_kernel``;
-* run time (:func:`apply_runtime_patches`): host-memory pinning, Mooncake host-tensor indices,
-  HiCache's copy kernels and CPU streams.
+  the missing CPU build of ``sgl_kernel`` (a stand-in answering only the names SGLang imports);
+* run time (:func:`apply_runtime_patches`, the plugin's first step in every SGLang process): each
+  patch's declared targets are checked, then the CPU patches applied where needed; the plugin's
+  hooks and the internals MemServe replaces or reads (:mod:`.surface`) are checked on every host;
+* :func:`census`: what became of each of them in this process (``/server_info`` shows it).
 
-On a machine with CUDA and a normal SGLang install, :func:`needed` is False and nothing is touched.
+A missing or changed target stops the process with a message naming the installed and the
+pinned SGLang version and the patch (:class:`CompatError`); nothing is skipped silently. On a
+machine with CUDA and a normal SGLang install, :func:`needed` is False and no CPU patch applies.
+See ``docs/cpu-compat.md``.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from typing import Any
 
+from sglang_memserve.compat import census as _census
 from sglang_memserve.compat import imports, runtime
+from sglang_memserve.compat.targets import PINNED_SGLANG, CompatError, Target, installed_sglang
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PINNED_SGLANG", "CompatError", "Target", "applied", "apply_import_patches",
+           "apply_runtime_patches", "census", "check", "installed_sglang", "needed"]
 
 
 @functools.cache
 def needed() -> bool:
-    """True on a host without CUDA (the only case any patch applies to)."""
+    """True on a host without CUDA (the only case any CPU patch applies to)."""
     if os.environ.get("MEMSERVE_FORCE_CPU_COMPAT") == "1":
         return True
     import torch
@@ -33,13 +45,41 @@ def apply_import_patches() -> None:
     imports.apply()
 
 
-def apply_runtime_patches() -> None:
-    """Patches of SGLang classes; called in every SGLang process by the plugin; idempotent."""
+def check() -> None:
+    """Check every declared target and apply the CPU patches where needed; idempotent. May
+    patch SGLang and torch classes (CPU hosts only).
+
+    Raises:
+        CompatError: a target is missing or changed.
+    """
     if needed():
         imports.apply()
+        imports.check()
         runtime.apply()
+    _census.check_surface()
+
+
+def apply_runtime_patches() -> None:
+    """The plugin's start-up step, in every SGLang process: :func:`check`, stopping the process
+    when it fails. SGLang's plugin loader logs and swallows a plugin's exceptions (the server
+    would then run without MemServe and fail later, elsewhere), so a failed check exits instead.
+
+    Raises:
+        SystemExit: with the :class:`CompatError` message (SGLang, pinned version, patch).
+    """
+    try:
+        check()
+    except CompatError as exc:
+        logger.critical("%s", exc)
+        raise SystemExit(str(exc)) from exc
+
+
+def census() -> list[dict[str, Any]]:
+    """Each patch, hook and replaced or read SGLang internal, with its status in this process
+    and why it did not apply (see :mod:`.census`); reads only."""
+    return _census.census(needed())
 
 
 def applied() -> list[str]:
-    """Names of the patches applied in this process (for logs and ``/server_info``)."""
+    """Names of the CPU patches applied in this process."""
     return imports.APPLIED + runtime.APPLIED

@@ -13,7 +13,10 @@ import sys
 import types
 from typing import Any
 
-# NOTE: process-local record of what was patched, for logs only.
+from sglang_memserve.compat.sgl_kernel_api import NAMES as KERNEL_NAMES
+from sglang_memserve.compat.sgl_kernel_api import SGLANG_VERSION as KERNEL_NAMES_VERSION
+
+# NOTE: process-local record of what was patched (the census reads it).
 APPLIED: list[str] = []
 
 
@@ -51,8 +54,9 @@ def _guard_torchvision_register_fake() -> None:
 
 
 class _MissingKernel:
-    """A stand-in for a ``sgl_kernel`` object: raises when called; its attributes are stand-ins
-    too (SGLang reads constants such as ``scalar_types.uint4b8`` at import time)."""
+    """A stand-in for a ``sgl_kernel`` object: raises when called; its public attributes are
+    stand-ins too (SGLang reads constants such as ``scalar_types.uint4b8`` at import time), its
+    private ones are absent (``getattr(metal, "_metal", None)`` probes must see ``None``)."""
 
     def __init__(self, qualname: str) -> None:
         self._qualname = qualname
@@ -64,7 +68,7 @@ class _MissingKernel:
         )
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
+        if attr.startswith("_"):
             raise AttributeError(attr)
         return _MissingKernel(f"{self._qualname}.{attr}")
 
@@ -73,12 +77,18 @@ class _MissingKernel:
 
 
 class _StandinModule(types.ModuleType):
-    """A module whose every missing attribute is a stand-in kernel."""
+    """A stand-in ``sgl_kernel`` module: the names SGLang imports from it (``KERNEL_NAMES``)
+    are stand-in kernels or submodules; any other name is absent, so SGLang's feature
+    detection (``try: from sgl_kernel import X``) is not fooled."""
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        value = _MissingKernel(f"{self.__name__}.{attr}")
+        if attr not in KERNEL_NAMES.get(self.__name__, ()):
+            raise AttributeError(
+                f"module {self.__name__!r} has no attribute {attr!r} (the CPU stand-in answers "
+                f"only the names SGLang {KERNEL_NAMES_VERSION} imports from it)")
+        sub = f"{self.__name__}.{attr}"
+        value = (importlib.import_module(sub) if sub in KERNEL_NAMES
+                 else _MissingKernel(sub))
         setattr(self, attr, value)
         return value
 
@@ -97,9 +107,7 @@ class _CompatFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname == "torchvision":
             _guard_torchvision_register_fake()
             return None  # the real torchvision, imported normally
-        if fullname.split(".")[0] == "sgl_kernel" and (
-            "sgl_kernel" in APPLIED or _sgl_kernel_missing()
-        ):
+        if fullname in KERNEL_NAMES and ("sgl_kernel" in APPLIED or _sgl_kernel_missing()):
             if "sgl_kernel" not in APPLIED:
                 APPLIED.append("sgl_kernel")
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
@@ -107,9 +115,59 @@ class _CompatFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         module = _StandinModule(spec.name)
-        module.__path__ = []  # a package, so any submodule import resolves here too
+        module.__path__ = []  # a package: its known submodules resolve here too
         module.__version__ = "0.0.0+memserve-cpu-standin"
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
         return None
+
+
+def check() -> None:
+    """Start-up check of what the import-time patches rely on; reads only.
+
+    Raises:
+        CompatError: ``torch.library.register_fake`` changed, or the stand-in's name list was
+            derived from another SGLang than the installed one.
+    """
+    from sglang_memserve.compat.targets import CompatError, Target, installed_sglang
+
+    Target("torch.library", "register_fake", params=("op",)).check("torchvision")
+    installed = installed_sglang()
+    if installed != KERNEL_NAMES_VERSION:
+        raise CompatError("sgl_kernel", "sglang_memserve.compat.sgl_kernel_api",
+                          f"lists the sgl_kernel names of SGLang {KERNEL_NAMES_VERSION}, not "
+                          f"{installed}'s (python -m sglang_memserve.compat.kernel_names)")
+
+
+def status() -> dict[str, tuple[str, str]]:
+    """``{patch: (status, reason)}`` of the import-time patches in this process; reads only.
+
+    Statuses: ``applied``; ``not needed`` (CUDA, or a real ``sgl_kernel``); ``pending`` (what
+    it patches was not imported in this process); ``not applied`` (with why).
+    """
+    import torch
+
+    if not any(isinstance(f, _CompatFinder) for f in sys.meta_path):
+        why = ("not applied", "the compat import finder is not installed in this process")
+        return {"torchvision": why, "sgl_kernel": why}
+    cuda = torch.cuda.is_available()
+    out: dict[str, tuple[str, str]] = {}
+    if "torchvision" in APPLIED:
+        out["torchvision"] = ("applied", "")
+    elif cuda:
+        out["torchvision"] = ("not needed", "CUDA is available: torchvision's C ops exist")
+    elif "torchvision" not in sys.modules:
+        out["torchvision"] = ("pending", "torchvision was not imported in this process")
+    else:
+        out["torchvision"] = ("not applied", "torchvision was imported before the finder")
+    real = importlib.machinery.PathFinder.find_spec("sgl_kernel", sys.path)
+    if "sgl_kernel" in APPLIED:
+        out["sgl_kernel"] = ("applied", "")
+    elif real is not None:
+        out["sgl_kernel"] = ("not needed", f"a real sgl_kernel is installed ({real.origin})")
+    elif cuda:
+        out["sgl_kernel"] = ("not needed", "CUDA is available")
+    else:
+        out["sgl_kernel"] = ("pending", "SGLang has not imported sgl_kernel in this process")
+    return out

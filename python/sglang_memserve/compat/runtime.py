@@ -1,66 +1,113 @@
-"""Run-time patches of SGLang classes for CPU hosts (applied in every SGLang process by the plugin)."""
+"""Run-time patches of SGLang classes for CPU hosts (applied in every SGLang process by the plugin).
+
+Each patch declares the targets it changes (:class:`~.targets.Target`); :func:`apply` checks them
+before running it, so a renamed or changed SGLang internal raises :class:`~.targets.CompatError`
+instead of making the patch a silent no-op. A patch returns ``None`` when it applied, or why it
+was not needed (torch or SGLang already provide what it adds).
+"""
 
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
-logger = logging.getLogger(__name__)
+from sglang_memserve.compat.targets import Target, Unavailable
 
-# NOTE: process-local record of what was patched, for logs only.
+
+@dataclass(frozen=True)
+class Patch:
+    """One run-time patch.
+
+    Args:
+        name: its name (census, errors, docs/cpu-compat.md).
+        fn: applies it; returns ``None`` when it did, else why it was not needed.
+        targets: what it changes, checked before ``fn`` runs.
+    """
+
+    name: str
+    fn: Callable[[], str | None]
+    targets: tuple[Target, ...]
+
+    @property
+    def why(self) -> str:
+        return (self.fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+# NOTE: process-local: {patch: (status, reason)} once apply() ran it (the census reads it).
+RESULTS: dict[str, tuple[str, str]] = {}
 APPLIED: list[str] = []
 
-_PATCHES: dict[str, Callable[[], None]] = {}
+PATCHES: dict[str, Patch] = {}
 
 
-def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    """Register a run-time patch under ``name`` (a registry, not an if/elif chain)."""
+def patch(name: str, *targets: Target) -> Callable[[Callable[[], str | None]],
+                                                  Callable[[], str | None]]:
+    """Register a run-time patch under ``name`` with the targets it changes (a registry, not an
+    if/elif chain)."""
 
-    def register(fn: Callable[[], None]) -> Callable[[], None]:
-        _PATCHES[name] = fn
+    def register(fn: Callable[[], str | None]) -> Callable[[], str | None]:
+        PATCHES[name] = Patch(name, fn, targets)
         return fn
 
     return register
 
 
 def apply() -> None:
-    for name, fn in _PATCHES.items():
-        if name in APPLIED:
+    """Check each patch's targets, then apply it; idempotent. May change the patched SGLang and
+    torch classes; records each outcome in ``RESULTS``.
+
+    Raises:
+        CompatError: a target is missing or changed (never a silent skip).
+    """
+    for p in PATCHES.values():
+        if p.name in RESULTS:
             continue
         try:
-            fn()
-        except ImportError as exc:  # the patched feature is not installed: nothing to patch
-            logger.debug("compat patch %s skipped: %s", name, exc)
+            for target in p.targets:
+                target.check(p.name)
+        except Unavailable as exc:  # a feature that is not installed here: nothing to patch
+            RESULTS[p.name] = ("unavailable", str(exc))
             continue
-        APPLIED.append(name)
+        reason = p.fn()
+        RESULTS[p.name] = ("applied", "") if reason is None else ("not needed", reason)
+        if reason is None:
+            APPLIED.append(p.name)
 
 
-@patch("mooncake-host-indices")
-def _mooncake_plain_page_indices() -> None:
+@patch("mooncake-host-indices",
+       Target("sglang.srt.disaggregation.mooncake.conn", "MooncakeKVSender",
+              attrs=("supports_host_tensor_indices",)),
+       Target("sglang.srt.disaggregation.prefill", "", reads="supports_host_tensor_indices"))
+def _mooncake_plain_page_indices() -> str | None:
     """Prefill's ``_send_kv_chunk`` pins host index tensors (CUDA-only); take the plain path."""
     conn = importlib.import_module("sglang.srt.disaggregation.mooncake.conn")
     conn.MooncakeKVSender.supports_host_tensor_indices = False
+    return None
 
 
-@patch("cpu-stream-synchronize")
-def _cpu_stream_synchronize() -> None:
+@patch("cpu-stream-synchronize", Target("torch.cpu", "Stream"))
+def _cpu_stream_synchronize() -> str | None:
     """HiCache synchronizes its copy streams; ``torch.cpu.Stream`` lacks ``synchronize`` on CPU."""
     import torch
 
-    if not hasattr(torch.cpu.Stream, "synchronize"):
-        torch.cpu.Stream.synchronize = lambda self: None  # type: ignore[attr-defined]
+    if hasattr(torch.cpu.Stream, "synchronize"):
+        return "this torch's torch.cpu.Stream has synchronize"
+    torch.cpu.Stream.synchronize = lambda self: None  # type: ignore[attr-defined]
+    return None
 
 
-@patch("hicache-host-pool-unpinned")
-def _hicache_unpinned_host_pool() -> None:
+@patch("hicache-host-pool-unpinned",
+       Target("sglang.srt.mem_cache.pool_host.base", "HostKVCache.__init__",
+              keywords=("pin_memory",)))
+def _hicache_unpinned_host_pool() -> str | None:
     """HiCache's host pools pin (cudaHostRegister) their memory; without CUDA that raises."""
     import inspect
 
     base = importlib.import_module("sglang.srt.mem_cache.pool_host.base")
     init = base.HostKVCache.__init__
     if getattr(init, "_memserve_unpinned", False):
-        return
+        return None  # applied earlier in this process
     signature = inspect.signature(init)
 
     def unpinned_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -70,6 +117,7 @@ def _hicache_unpinned_host_pool() -> None:
 
     unpinned_init._memserve_unpinned = True  # type: ignore[attr-defined]
     base.HostKVCache.__init__ = unpinned_init
+    return None
 
 
 def transfer_kv_direct(src_layers, dst_layers, src_indices, dst_indices,  # type: ignore[no-untyped-def]
@@ -88,10 +136,14 @@ def _long():  # type: ignore[no-untyped-def]
     return torch.int64
 
 
-@patch("hicache-direct-io")
-def _hicache_direct_io() -> None:
+@patch("hicache-direct-io",
+       Target("sglang.srt.mem_cache.pool_host.mha", "", reads="transfer_kv_direct"))
+def _hicache_direct_io() -> str | None:
     """HiCache's host pool imports its copy kernels from ``sgl_kernel`` only on CUDA/HIP; the
     ``direct`` io backend with the ``layer_first`` layout needs just ``transfer_kv_direct``."""
     mha = importlib.import_module("sglang.srt.mem_cache.pool_host.mha")
-    if not hasattr(mha, "transfer_kv_direct"):
-        mha.transfer_kv_direct = transfer_kv_direct
+    current = getattr(mha, "transfer_kv_direct", None)
+    if current is not None and current is not transfer_kv_direct:
+        return "SGLang's host pool imported its own transfer_kv_direct (a kernel build)"
+    mha.transfer_kv_direct = transfer_kv_direct
+    return None
