@@ -29,14 +29,10 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import requests
 
 from sglang_memserve import compat
 
@@ -48,125 +44,14 @@ from transformers import AutoTokenizer  # noqa: E402
 from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
 from sglang_memserve.bench.replay import OUTPUT_LENS, ReplayConfig, replay  # noqa: E402
 from sglang_memserve.bench.rounds import ratio_spread, round_order  # noqa: E402
-from sglang_memserve.cluster import ServerProcess  # noqa: E402
+from sglang_memserve.bench.setups import SETUPS, Setup, serving  # noqa: E402
 from sglang_memserve.model import ensure_model  # noqa: E402
-from sglang_memserve.pd import PdCluster, PdOptions  # noqa: E402
-from sglang_memserve.pd.client import memserve_state  # noqa: E402
-from sglang_memserve.pd.metrics import kv_transfer_stats, scrape  # noqa: E402
 from sglang_memserve.workloads import load_longdoc, load_sharegpt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Setup:
-    name: str
-    label: str
-    pd_stage: str | None  # None: colocated
-    cache: str  # colocated --memserve-cache; PD: prefill's and decode's
-
-
-SETUPS: dict[str, Setup] = {s.name: s for s in (
-    Setup("colo-nocache", "colocated, no cache", None, "off"),
-    Setup("colo-cache", "colocated + cache", None, "memserve"),
-    Setup("pd-basic", "PD-Basic", "basic", "off"),
-    Setup("pd-caching1", "PD-Caching-1", "caching1", "memserve"),
-    Setup("pd-cache", "PD-Caching-1+2", "caching2", "memserve"),
-    Setup("pd-caching3", "PD-Caching-1+2+3 (MemServe)", "caching3", "memserve"),
-    # Stock SGLang PD: SGLang's own radix cache on prefill, with / without its decode cache.
-    Setup("sglang-pd", "stock SGLang PD", "caching1", "stock"),
-    Setup("sglang-pd-dcache", "stock SGLang PD + decode cache", "caching2", "stock"),
-)}
 DEFAULT_CONFIGS = ("colo-nocache", "colo-cache", "pd-basic", "pd-cache")
-# Prometheus series worth keeping from each instance (sum and count of these histograms).
-KEEP = ("kv_transfer", "time_to_first_token", "e2e_request_latency", "queue_time",
-        "inter_token_latency", "prefill_", "num_requests_total", "prompt_tokens_total",
-        "generation_tokens_total", "cached_tokens_total")
-
-
-def _kept(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items()
-            if any(s in k for s in KEEP) and not k.endswith("_bucket")}
-
-
-@contextmanager
-def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
-            colo_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Starts one configuration; yields (URL, a dict the caller fills with end-of-run facts;
-    ``facts["pids"]`` are the instances' launcher processes)."""
-    facts: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    if setup.pd_stage is None:
-        server = ServerProcess([*model_args, "--memserve-cache", setup.cache, "--enable-metrics"],
-                               log_dir, name=setup.name, env=colo_env)
-        with server:
-            facts["startup_s"] = time.perf_counter() - t0
-            facts["pids"] = [server.proc.pid]
-            before = _prompt_counters(server.url)
-            yield server.url, facts
-            facts["computed_on_prefill"] = _computed(before, _prompt_counters(server.url))
-            facts["metrics"] = {"colocated": _kept(scrape(server.url))}
-            facts["memserve"] = {"colocated": memserve_state(server.url)}
-        return
-    if cpus == "shared":
-        pin = None
-    elif cpus:
-        p, d = cpus.split("/")
-        pin = (p, d)
-    else:
-        pin = PdOptions().cpus
-    caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
-                                                    "decode_cache": setup.cache}
-    # MemServe's configurations run behind memserve-router, stock SGLang's behind sglang-router.
-    router = "sglang" if setup.cache == "stock" else "memserve"
-    opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin,
-                     router=router, **caches)
-    with PdCluster(opts, log_dir / setup.name) as pd:
-        facts["startup_s"] = time.perf_counter() - t0
-        facts["cpus"] = pin
-        facts["pids"] = [pd.prefill.proc.pid, pd.decode.proc.pid]
-        before = kv_transfer_stats(pd.prefill.url)
-        counters = _prompt_counters(pd.prefill.url)
-        computed_before = _effective_input(pd.prefill.url)
-        yield pd.url, facts
-        time.sleep(1.0)
-        facts["computed_on_prefill"] = _computed(counters, _prompt_counters(pd.prefill.url))
-        if facts["computed_on_prefill"] is None:  # stock cache: SGLang's own prefill counter
-            facts["computed_on_prefill"] = int(_effective_input(pd.prefill.url)
-                                               - computed_before)
-        delta = kv_transfer_stats(pd.prefill.url) - before
-        facts["kv_transfers"] = delta.transfers
-        facts["kv_transfer_mb"] = delta.total_mb
-        facts["metrics"] = {"prefill": _kept(scrape(pd.prefill.url)),
-                            "decode": _kept(scrape(pd.decode.url))}
-        facts["memserve"] = {"prefill": memserve_state(pd.prefill.url),
-                             "decode": memserve_state(pd.decode.url)}
-
-
-def _prompt_counters(url: str) -> tuple[int, int] | None:
-    """(prompt tokens, cache-hit tokens) counted by the instance's MemServe tree cache; None
-    when it runs without one (cache off)."""
-    c = memserve_state(url).get("counters")
-    if not c:
-        return None
-    return int(c.get("prompt_tokens", 0)), int(sum((c.get("hit_tokens") or {}).values()))
-
-
-def _effective_input(url: str) -> float:
-    """SGLang's ``sglang:prefill_effective_tokens_total{mode="input"}``: prompt tokens the
-    instance computed (cache hits are other modes)."""
-    total = 0.0
-    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("sglang:prefill_effective_tokens_total{") and 'mode="input"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _computed(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int | None:
-    """Prompt tokens the instance actually computed between two counter readings."""
-    if before is None or after is None:
-        return None
-    return (after[0] - before[0]) - (after[1] - before[1])
 
 
 def _fmt(v: float, nd: int = 3) -> str:
@@ -293,19 +178,25 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
     tag = setup.name if rnd == 0 else f"{setup.name}-r{rnd}"
     print(f"[pd_bench] round {rnd} {setup.name}: starting", flush=True)
     with serving(setup, model_args, out / "logs" / f"round{rnd}", args.cpus,
-                 colo_env) as (url, facts):
-        pids = facts.pop("pids")
+                 colo_env) as served:
+        facts: dict[str, Any] = {"startup_s": served.startup_s}
+        if served.decode_url is not None:
+            facts["cpus"] = served.cpus
+        pids = served.pids
         profile = (profiling.recording(args.profile, tag, pids)
                    if args.profile else nullcontext())
+        mark = served.mark()
         cpu0 = [profiling.tree_cpu_s(pid) for pid in pids]
         t0 = time.perf_counter()
         with profile:
-            records = replay(url, convs, tok, cfg)
+            records = replay(served.url, convs, tok, cfg)
         facts["wall_s"] = time.perf_counter() - t0
         # CPU seconds each instance's process tree used during the replay: the work it did,
         # much less sensitive to other jobs on the machine than latencies are.
         facts["cpu_s"] = [profiling.tree_cpu_s(pid) - c for pid, c in zip(pids, cpu0,
                                                                            strict=True)]
+        facts.update(served.delta(mark))
+        facts.update(served.state())
     summary = summarize(records)
     later = [r.jct for r in records if r.turn > 0 and r.error is None]
     summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")

@@ -87,6 +87,9 @@ def test_react_sample_without_shared_data(monkeypatch: pytest.MonkeyPatch,
             # Call i+1 = call i's history + the step call i generated (+ its observation).
             assert b.segments[:len(a.segments) - 1] == a.segments[:-1]
             assert a.expected_output.strip() and a.expected_output.strip() in b.text
+            # A live agent's next prompt: this prompt + what it generated + the observation.
+            assert a.text + a.expected_output + a.followup == b.text
+        assert calls[-1].followup == ""
 
 
 def _react_files(tmp_path: Path, episodes: list[dict], prompts: dict) -> tuple[Path, Path]:
@@ -110,6 +113,7 @@ def test_react_fever_format_matches_the_notebook(tmp_path: Path) -> None:
     assert f_calls[0].expected_output == " t1\nAction 1: Search[X]"
     assert f_calls[1].text == ("FEW\nClaim: X.\nThought 1: t1\nAction 1: Search[X]\n"
                                "Observation 1: " + "o" * 10 + "\nThought 2:")
+    assert f_calls[0].followup == "\nObservation 1: " + "o" * 10 + "\nThought 2:"
     w_calls = episode_calls(episodes[1], prompts)
     assert w_calls[0].text == "SHOT\nQ\n\nAction:" and w_calls[0].expected_output == " search[a]"
     assert w_calls[1].text == "SHOT\nQ\n\nAction: search[a]\nObservation: page\n\nAction:"

@@ -1,4 +1,4 @@
-"""Per-request records and their summary (JCT and TTFT avg/P50/P99, hit rates)."""
+"""Per-request records and their summary (JCT and TTFT avg/P50/P90/P99, TPOT, hit rates)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,18 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def tpot_of(r: RequestRecord) -> float | None:
+    """Seconds per output token after the first (None with fewer than two tokens)."""
+    n = len(r.output_ids)
+    return (r.jct - r.ttft) / (n - 1) if n > 1 else None
+
+
 def summarize(records: list[RequestRecord]) -> dict[str, Any]:
     """Aggregate figures of a replay (failed requests are counted, not averaged)."""
     ok = [r for r in records if r.error is None]
     jct = [r.jct for r in ok]
     ttft = [r.ttft for r in ok]
+    tpot = [t for t in (tpot_of(r) for r in ok) if t is not None]
     prompt = sum(r.prompt_tokens for r in ok)
     cached = sum(r.cached_tokens for r in ok)
     tiers: dict[str, int] = {}
@@ -47,10 +54,13 @@ def summarize(records: list[RequestRecord]) -> dict[str, Any]:
         "failed": len(records) - len(ok),
         "jct_avg": statistics.fmean(jct) if jct else float("nan"),
         "jct_p50": _pct(jct, 0.5),
+        "jct_p90": _pct(jct, 0.9),
         "jct_p99": _pct(jct, 0.99),
         "ttft_avg": statistics.fmean(ttft) if ttft else float("nan"),
         "ttft_p50": _pct(ttft, 0.5),
+        "ttft_p90": _pct(ttft, 0.9),
         "ttft_p99": _pct(ttft, 0.99),
+        "tpot_avg": statistics.fmean(tpot) if tpot else float("nan"),
         "prompt_tokens": prompt,
         "cached_tokens": cached,
         "computed_prompt_tokens": prompt - cached,

@@ -10,7 +10,8 @@ the few-shot prompt + the question + the first ``i - 1`` steps of the trace and 
 ``i``; so every call of a task shares the few-shot prompt and an episode's calls share a growing
 prefix. Calls are kept as text *segments* (prompt, question, one per earlier step, the cue) so a
 replay can tokenize each segment once and every call's ids start exactly with the previous
-call's.
+call's. ``ReactCall.followup`` is what a live agent appends after a call's output (the
+observation and the next cue), for replays whose history carries the server's own output.
 
 Pure Python (no torch, no SGLang): the simulator reuses it.
 """
@@ -63,12 +64,15 @@ class ReactCall:
             minus its last piece (the cue), then the step call ``i`` generated, then a new cue.
         expected_output: the text the trace's model generated for this call (its length sets
             how many tokens a replay generates).
+        followup: what a live agent appends after this call's output to make its next prompt
+            (the tool's observation and the next cue); ``""`` for an episode's last call.
     """
 
     episode_id: str
     index: int
     segments: tuple[str, ...]
     expected_output: str
+    followup: str = ""
 
     @property
     def text(self) -> str:
@@ -78,12 +82,14 @@ class ReactCall:
 @dataclass(frozen=True)
 class _Format:
     """How a task renders its history: the text after the question, one step, the cue of call
-    ``i`` (1-based) and what call ``i`` generates."""
+    ``i`` (1-based), what call ``i`` generates and the observation that follows it (``step`` is
+    ``cue + output + after``)."""
 
     head: Callable[[str], str]
     step: Callable[[int, ReactStep], str]
     cue: Callable[[int], str]
     output: Callable[[int, ReactStep], str]
+    after: Callable[[int, str], str]
 
 
 def _numbered_step(i: int, s: ReactStep) -> str:
@@ -95,10 +101,12 @@ def _numbered_step(i: int, s: ReactStep) -> str:
 # Thought/Action/Observation; WebShop alternates Action/Observation.
 NUMBERED = _Format(head=lambda q: q + "\n", step=_numbered_step,
                    cue=lambda i: f"Thought {i}:",
-                   output=lambda i, s: f" {s.thought or ''}\nAction {i}: {s.action}")
+                   output=lambda i, s: f" {s.thought or ''}\nAction {i}: {s.action}",
+                   after=lambda i, obs: f"\nObservation {i}: {obs}\n")
 ACTIONS = _Format(head=lambda q: q + "\n\nAction:",
                   step=lambda i, s: f" {s.action}\nObservation: {s.observation}\n\nAction:",
-                  cue=lambda i: "", output=lambda i, s: f" {s.action}")
+                  cue=lambda i: "", output=lambda i, s: f" {s.action}",
+                  after=lambda i, obs: f"\nObservation: {obs}\n\nAction:")
 FORMATS: dict[str, _Format] = {"fever": NUMBERED, "hotpotqa": NUMBERED, "webshop": ACTIONS}
 
 
@@ -131,13 +139,16 @@ def episode_calls(episode: ReactEpisode, prompts: dict[str, str],
     fmt = format_for(episode)
     history: list[str] = [prompts[episode.prompt_id], fmt.head(episode.question)]
     calls: list[ReactCall] = []
+    n = len(episode.steps)
     for i, step in enumerate(episode.steps, 1):
         cue = fmt.cue(i)
         segments = (*history, cue) if cue else tuple(history)
-        calls.append(ReactCall(episode.episode_id, i - 1, segments, fmt.output(i, step)))
         obs = step.observation
         if max_observation_chars is not None:
             obs = obs[:max_observation_chars]
+        followup = fmt.after(i, obs) + fmt.cue(i + 1) if i < n else ""
+        calls.append(ReactCall(episode.episode_id, i - 1, segments, fmt.output(i, step),
+                               followup))
         history.append(fmt.step(i, ReactStep(step.action, obs, step.thought)))
     return calls
 

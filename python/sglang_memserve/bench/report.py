@@ -1,0 +1,240 @@
+"""The paper-style report of :mod:`sglang_memserve.bench.paper` results: tables, ratios, plots.
+
+A *round* is one run's JSON (``{"meta", "results": {config: {"workloads": {name: {"summary",
+"facts", "records"}}}}}``). Tables show the first round; every ratio is taken within a round
+and shown as ``mean (min-max)`` over the rounds, so a second run states the spread. matplotlib is
+imported only when plots are drawn.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Round = dict[str, Any]
+Run = dict[str, Any]  # one configuration x one workload: summary, facts, records
+
+# (label, getter) of the figures compared in the ratio table.
+FIGURES: tuple[tuple[str, Callable[[Run], float]], ...] = (
+    ("JCT avg", lambda r: r["summary"]["jct_avg"]),
+    ("JCT P99", lambda r: r["summary"]["jct_p99"]),
+    ("TTFT avg", lambda r: r["summary"]["ttft_avg"]),
+    ("TTFT P99", lambda r: r["summary"]["ttft_p99"]),
+    ("prefill tokens computed", lambda r: float(r["facts"]["computed_on_prefill"])),
+)
+# The ratio rows the paper reports: (label, ours, reference).
+RATIOS: tuple[tuple[str, str, str], ...] = (
+    ("PD-Basic vs colocated (no cache)", "pd-basic", "colo-nocache"),
+    ("PD + cache (MemServe) vs PD-Basic", "pd-caching3", "pd-basic"),
+    ("colocated + cache vs colocated", "colo-cache", "colo-nocache"),
+    ("MemServe vs stock, colocated", "colo-cache", "colo-stock"),
+    ("MemServe vs stock PD + decode cache", "pd-caching3", "sglang-pd-dcache"),
+    ("MemServe vs stock PD", "pd-caching3", "sglang-pd"),
+)
+# The MemServe paper's PD + cache vs PD-Basic figures (as ratios: -29% JCT -> 0.71).
+PAPER: dict[tuple[str, str], dict[str, dict[str, float]]] = {
+    ("pd-caching3", "pd-basic"): {
+        "sharegpt": {"JCT avg": 0.71, "TTFT avg": 0.42},
+        "longdoc": {"JCT avg": 0.731, "TTFT avg": 0.44},
+        "react": {"TTFT avg": 0.215},
+    },
+}
+
+
+def _run(rnd: Round, config: str, workload: str) -> Run | None:
+    return rnd["results"].get(config, {}).get("workloads", {}).get(workload)
+
+
+def _workloads(rounds: Sequence[Round]) -> list[str]:
+    return list(rounds[0]["meta"]["workloads"])
+
+
+def _configs(rounds: Sequence[Round]) -> list[str]:
+    return [c for c in rounds[0]["meta"]["configs"] if c in rounds[0]["results"]]
+
+
+def _f(v: float, nd: int = 3) -> str:
+    return "-" if v != v else f"{v:.{nd}f}"  # NaN: no successful request
+
+
+def ratios(rounds: Sequence[Round], ours: str, ref: str, workload: str,
+           figure: Callable[[Run], float]) -> list[float]:
+    """``figure(ours) / figure(ref)`` in every round that has both (and a nonzero reference)."""
+    out = []
+    for rnd in rounds:
+        a, b = _run(rnd, ours, workload), _run(rnd, ref, workload)
+        if a is not None and b is not None and figure(b):
+            out.append(figure(a) / figure(b))
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def _label(rounds: Sequence[Round], config: str) -> str:
+    return rounds[0]["results"][config].get("label", config)
+
+
+def summary_table(rounds: Sequence[Round]) -> list[str]:
+    """Rows: configurations; columns: workload x (JCT avg, JCT P99, TTFT avg, TTFT P99)."""
+    ws = _workloads(rounds)
+    head = "| configuration | " + " | ".join(
+        f"{w} {m}" for w in ws for m in ("JCT avg", "JCT P99", "TTFT avg", "TTFT P99")) + " |"
+    lines = [head, "|---|" + "---|" * (4 * len(ws))]
+    for c in _configs(rounds):
+        cells = []
+        for w in ws:
+            r = _run(rounds[0], c, w)
+            cells += (["-"] * 4 if r is None else
+                      [_f(r["summary"][k]) for k in ("jct_avg", "jct_p99", "ttft_avg",
+                                                      "ttft_p99")])
+        lines.append(f"| {_label(rounds, c)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def workload_table(rounds: Sequence[Round], workload: str) -> list[str]:
+    """Every per-run figure of one workload, one row per configuration (first round)."""
+    lines = ["| configuration | requests | failed | JCT avg | P50 | P90 | P99 | TTFT avg | P50 | "
+             "P90 | P99 | TPOT avg | hit rate | prompt tok | prefill tok computed | KV sent (MB) "
+             "| req/s | CPU s (per instance) |", "|---|" + "---|" * 17]
+    for c in _configs(rounds):
+        r = _run(rounds[0], c, workload)
+        if r is None:
+            continue
+        s, f = r["summary"], r["facts"]
+        kv = f.get("kv_transfer_mb")
+        cpu = " + ".join(f"{x:.1f}" for x in f.get("cpu_s", [])) or "-"
+        lines.append(
+            f"| {_label(rounds, c)} | {s['requests']} | {s['failed']} | "
+            + " | ".join(_f(s[k]) for k in ("jct_avg", "jct_p50", "jct_p90", "jct_p99",
+                                             "ttft_avg", "ttft_p50", "ttft_p90", "ttft_p99"))
+            + f" | {_f(s['tpot_avg'], 4)} | {s['hit_rate']:.2f} | {s['prompt_tokens']} | "
+            f"{f['computed_on_prefill']} | {'-' if kv is None else f'{kv:.1f}'} | "
+            f"{s['throughput_rps']:.2f} | {cpu} |")
+    return lines
+
+
+def ratio_table(rounds: Sequence[Round]) -> list[str]:
+    """The paper's ratio rows, each per workload, with the paper's figure where it has one."""
+    lines = ["| ratio | workload | " + " | ".join(f for f, _ in FIGURES) + " | paper |",
+             "|---|---|" + "---|" * (len(FIGURES) + 1)]
+    configs = set(_configs(rounds))
+    for label, ours, ref in RATIOS:
+        if ours not in configs or ref not in configs:
+            continue
+        for w in _workloads(rounds):
+            cells = [_spread(ratios(rounds, ours, ref, w, f)) for _, f in FIGURES]
+            paper = PAPER.get((ours, ref), {}).get(w, {})
+            ptext = ", ".join(f"{k} {v:.2f}" for k, v in paper.items()) or "-"
+            lines.append(f"| {label} | {w} | " + " | ".join(cells) + f" | {ptext} |")
+    return lines
+
+
+def round_table(rounds: Sequence[Round]) -> list[str]:
+    """JCT and TTFT averages of every round side by side (the absolute spread)."""
+    ws = _workloads(rounds)
+    lines = ["| configuration | " + " | ".join(f"{w} JCT avg / TTFT avg per round" for w in ws)
+             + " |", "|---|" + "---|" * len(ws)]
+    for c in _configs(rounds):
+        cells = []
+        for w in ws:
+            runs = [r for r in (_run(x, c, w) for x in rounds) if r is not None]
+            cells.append(" ; ".join(f"{_f(r['summary']['jct_avg'], 2)} / "
+                                    f"{_f(r['summary']['ttft_avg'], 2)}" for r in runs))
+        lines.append(f"| {_label(rounds, c)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tables_markdown(rounds: Sequence[Round]) -> str:
+    """The generated part of the report (tables only; prose is the author's)."""
+    meta = rounds[0]["meta"]
+    out = ["### Workloads", ""]
+    out += [f"* **{w}**: {meta['workload_desc'][w]}" for w in _workloads(rounds)]
+    out += ["", "### Paper-style table (round 1; seconds)", "", *summary_table(rounds), "",
+            f"### Ratios within a round ({len(rounds)} round(s): mean (min-max))", "",
+            *ratio_table(rounds), ""]
+    if len(rounds) > 1:
+        out += ["### Every round's averages (seconds)", "", *round_table(rounds), ""]
+    for w in _workloads(rounds):
+        out += [f"### {w}: every figure (round 1)", "", *workload_table(rounds, w), ""]
+    return "\n".join(out)
+
+
+def plot(rounds: Sequence[Round], out_dir: Path, prefix: str) -> list[Path]:
+    """TTFT and JCT CDFs per workload, ratio bars and hit-rate bars as PNGs in ``out_dir``.
+
+    Returns:
+        The files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    configs, ws = _configs(rounds), _workloads(rounds)
+    for w in ws:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, key in zip(axes, ("ttft", "jct"), strict=True):
+            for c in configs:
+                r = _run(rounds[0], c, w)
+                vals = sorted(x[key] for x in (r or {}).get("records", []) if not x["error"])
+                if vals:
+                    ax.step(vals, [(i + 1) / len(vals) for i in range(len(vals))], where="post",
+                            label=_label(rounds, c))
+            ax.set_xlabel(f"{key.upper()} (s)")
+            ax.set_ylabel("fraction of requests")
+            ax.set_title(f"{w}: {key.upper()} CDF")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        files.append(_save(fig, out_dir / f"{prefix}-cdf-{w}.png"))
+        plt.close(fig)
+    pairs = [(lbl, a, b) for lbl, a, b in RATIOS if a in configs and b in configs]
+    if pairs:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.4), squeeze=False)
+        for ax, (lbl, a, b) in zip(axes[0], pairs, strict=True):
+            width = 0.8 / 3
+            for k, (fname, f) in enumerate(FIGURES[::2]):  # JCT avg, TTFT avg, prefill tokens
+                vals = [statistics.fmean(v) if (v := ratios(rounds, a, b, w, f)) else 0.0
+                        for w in ws]
+                ax.bar([i + k * width for i in range(len(ws))], vals, width, label=fname)
+            for i, w in enumerate(ws):
+                for fname, v in PAPER.get((a, b), {}).get(w, {}).items():
+                    k = 0 if fname == "JCT avg" else 1
+                    ax.plot(i + k * width, v, "k*", markersize=9)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xticks([i + width for i in range(len(ws))], ws, fontsize=7)
+            ax.set_title(lbl, fontsize=8)
+        axes[0][0].set_ylabel("ratio (ours / reference); * paper")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        files.append(_save(fig, out_dir / f"{prefix}-ratios.png"))
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(configs)), 3.4))
+    width = 0.8 / max(1, len(ws))
+    for k, w in enumerate(ws):
+        vals = [(_run(rounds[0], c, w) or {"summary": {"hit_rate": 0.0}})["summary"]["hit_rate"]
+                for c in configs]
+        ax.bar([i + k * width for i in range(len(configs))], vals, width, label=w)
+    ax.set_xticks([i + width * (len(ws) - 1) / 2 for i in range(len(configs))],
+                  [_label(rounds, c) for c in configs], rotation=25, ha="right", fontsize=7)
+    ax.set_ylabel("prompt tokens cached / prompt tokens")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    files.append(_save(fig, out_dir / f"{prefix}-hit-rate.png"))
+    plt.close(fig)
+    return files
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=90)
+    return path
