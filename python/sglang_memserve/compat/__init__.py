@@ -16,12 +16,13 @@ See ``docs/cpu-compat.md``.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 from typing import Any
 
 from sglang_memserve.compat import census as _census
-from sglang_memserve.compat import imports, runtime
+from sglang_memserve.compat import imports, runtime, targets
 from sglang_memserve.compat.targets import PINNED_SGLANG, CompatError, Target, installed_sglang
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,20 @@ def check() -> None:
     Raises:
         CompatError: a target is missing or changed.
     """
-    if needed():
-        imports.apply()
-        imports.check()
-        runtime.apply()
-    _census.check_surface()
+    # NOTE: the checks parse a few SGLang source files; with all of SGLang loaded, the garbage
+    # collector's full passes over those syntax trees cost most of the time (~0.6 s -> ~0.1 s).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        if needed():
+            imports.apply()
+            imports.check()
+            runtime.apply()
+        _census.check_surface()
+    finally:
+        targets.forget_sources()  # the parsed files are not kept alive in a serving process
+        if collecting:
+            gc.enable()
 
 
 def apply_runtime_patches() -> None:

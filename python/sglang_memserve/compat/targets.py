@@ -152,12 +152,14 @@ def _same_package(missing: str, module: str) -> bool:
 
 
 def _instance_attrs(cls: Any) -> set[str]:
-    """Names assigned as ``self.NAME`` anywhere in the source of ``cls`` and its bases."""
+    """Names assigned as ``self.NAME`` anywhere in the source of ``cls`` and of its bases from
+    the same package (``typing``/``abc`` bases assign nothing MemServe reads, and parsing them
+    costs more than the rest of the check)."""
+    package = cls.__module__.split(".")[0]
     out: set[str] = set()
     for klass in getattr(cls, "__mro__", (cls,)):
-        if klass is object:
-            continue
-        out |= _assigned_self_attrs(klass)
+        if klass.__module__.split(".")[0] == package:
+            out |= _assigned_self_attrs(klass)
     return out
 
 
@@ -190,6 +192,11 @@ def _class_node(klass: type) -> ast.ClassDef | None:
             return None
         scope = node.body
     return node
+
+
+def forget_sources() -> None:
+    """Drop the parsed source files kept while checking (the instance-attribute answers stay)."""
+    _file_ast.cache_clear()
 
 
 @functools.cache
