@@ -10,6 +10,12 @@ blocking and runs in the loop's executor; messages that arrive meanwhile are buf
 offered again, in order, once the snapshot is applied (those it covers, ``seq <= snapshot seq``,
 are skipped; a hole after it starts another resync). A failed snapshot is retried with backoff
 while the instance stays added; its view is then empty (never stale).
+
+Bad frames never stop the feed: a message with the wrong number of frames, a payload that is
+not a JSON object or an event of the wrong shape is dropped and counted (``malformed``); with a
+secret (``auth``) an unsigned or forged message (:func:`~sglang_memserve.mempool.events.
+open_frames`) is dropped and counted (``forged``). Either starts a resync: the view may have
+missed what the dropped message said, or have applied part of it.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from sglang_memserve.mempool.auth import ControlAuth
+from sglang_memserve.mempool.auth import AuthError, ControlAuth
 from sglang_memserve.mempool.errors import MemPoolError
 from sglang_memserve.mempool.events import (
     EventApplier,
     EventChainError,
     EventFormatError,
+    EventFrameError,
     NeedResync,
     PublisherRestarted,
     SeqGap,
+    open_frames,
     topic_of,
 )
 from sglang_memserve.mempool.rpc import rpc_call
@@ -51,7 +59,9 @@ class FeedStats:
             removed, snapshots included). bytes: received payload + topic bytes.
         gaps: seq holes seen (lost messages). restarts: publisher epochs changed.
         chain_errors: v2 events that did not verify. resyncs: snapshots applied.
-        errors: failed snapshots and refused messages (another format version).
+        errors: failed snapshots and refused or dropped messages (another format version,
+            malformed, forged). malformed: messages of the wrong frame count or shape.
+            forged: unsigned or wrongly signed messages (with a secret).
         last_error: the latest of those, for logs.
     """
 
@@ -64,6 +74,8 @@ class FeedStats:
     chain_errors: int = 0
     resyncs: int = 0
     errors: int = 0
+    malformed: int = 0
+    forged: int = 0
     last_error: str = ""
 
 
@@ -91,13 +103,17 @@ class EventFeed:
         max_buffer: messages buffered per instance during a resync; beyond, they are dropped
             and another resync follows (the snapshot makes up for them).
         rcvhwm: the SUB socket's receive high-water mark (messages per connection).
-        auth: the control channel's secret snapshot requests are signed with (None: unsigned).
+        auth: the shared secret: snapshot requests are signed with it and event messages must
+            carry its MAC (None: unsigned both).
+        max_message_bytes: largest frame accepted; ZMQ drops the connection of a peer that
+            sends a larger one (it reconnects).
     """
 
     def __init__(self, *, snapshot_timeout_s: float = 5.0, retry_s: float = 0.2,
                  max_retry_s: float = 5.0, expire_interval_s: float = 0.5,
                  max_buffer: int = 100_000, rcvhwm: int = 100_000,
-                 auth: ControlAuth | None = None) -> None:
+                 auth: ControlAuth | None = None,
+                 max_message_bytes: int = 64 << 20) -> None:
         self.snapshot_timeout_s = snapshot_timeout_s
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
@@ -108,6 +124,7 @@ class EventFeed:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._sources: dict[str, _Source] = {}
         self._by_topic: dict[bytes, _Source] = {}
         self._connected: set[str] = set()
@@ -182,10 +199,10 @@ class EventFeed:
                 if await sock.poll(int(timeout * 1000) + 1, zmq.POLLIN):
                     for _ in range(batch):
                         try:
-                            topic, raw = sock.recv_multipart(zmq.NOBLOCK).result()
+                            frames = sock.recv_multipart(zmq.NOBLOCK).result()
                         except zmq.Again:
                             break
-                        self._receive(topic, raw)
+                        self._receive(frames)
                     await asyncio.sleep(0)
                 if time.monotonic() >= next_expire:
                     self.expire()
@@ -200,16 +217,25 @@ class EventFeed:
         for tree in {id(s.tree): s.tree for s in self._sources.values()}.values():
             tree.expire(now)
 
-    def _receive(self, topic: bytes, raw: bytes) -> None:
-        src = self._by_topic.get(topic)
+    def _receive(self, frames: list[bytes]) -> None:
+        src = self._by_topic.get(bytes(frames[0]))
         if src is None:
-            return  # unsubscribed meanwhile
+            return  # unsubscribed meanwhile (or a topic nobody follows)
         src.stats.messages += 1
-        src.stats.bytes += len(raw) + len(topic)
+        src.stats.bytes += sum(len(f) for f in frames)
         try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            self._refuse(src, f"undecodable message: {e}")
+            msg = orjson.loads(open_frames(frames, self.auth)[1])
+        except AuthError as e:
+            src.stats.forged += 1
+            self._drop(src, f"dropped: {e}")
+            return
+        except (EventFrameError, orjson.JSONDecodeError) as e:
+            src.stats.malformed += 1
+            self._drop(src, f"dropped undecodable message: {e}")
+            return
+        if not isinstance(msg, dict):
+            src.stats.malformed += 1
+            self._drop(src, f"dropped message: a JSON {type(msg).__name__}, not an object")
             return
         self._offer(src, msg)
 
@@ -217,6 +243,13 @@ class EventFeed:
         src.stats.errors += 1
         src.stats.last_error = why
         log.warning("kv events of %s: %s", src.instance_id, why)
+
+    def _drop(self, src: _Source, why: str) -> None:
+        """Count a dropped message and resync (unless one is under way: its snapshot is as
+        of a later message)."""
+        self._refuse(src, why)
+        if not src.syncing:
+            self._start_resync(src)
 
     def _offer(self, src: _Source, msg: dict) -> None:
         if src.syncing:
@@ -231,6 +264,12 @@ class EventFeed:
                 src.stats.events += len(msg["events"])
         except EventFormatError as e:
             self._refuse(src, str(e))
+            return
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # The wrong shape (a missing seq, events not a list, a page of strings, ...): part
+            # of it may be applied already, so the snapshot replaces the view.
+            src.stats.malformed += 1
+            self._drop(src, f"dropped malformed message: {type(e).__name__}: {e}")
             return
         except PublisherRestarted as e:
             if msg.get("epoch") in src.seen_epochs:

@@ -539,7 +539,8 @@ class Router:
             pages[key] = tree.pages_of(w.id) if tree else 0
         feed = {}
         for wid, st in cluster.feed.stats().items():
-            for name in ("messages", "events", "pages", "gaps", "resyncs", "bytes"):
+            for name in ("messages", "events", "pages", "gaps", "resyncs", "bytes",
+                         "malformed", "forged"):
                 feed.setdefault(f"memserve_router_event_{name}", {})[(wid,)] = getattr(st, name)
         return {"memserve_router_instance_load": (wl, load),
                 "memserve_router_instance_inflight": (wl, inflight),

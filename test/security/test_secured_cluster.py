@@ -118,6 +118,11 @@ def test_no_listener_outside_the_configured_host(secured: Secured) -> None:
     assert expected <= on_host
 
 
+def _per_instance(metrics: str, name: str) -> dict[str, float]:
+    return {m[0]: float(m[1]) for m in re.findall(
+        rf'memserve_router_event_{name}(?:_total)?\{{instance="([^"]+)"\}} (\S+)', metrics)}
+
+
 def test_signed_snapshots_and_kv_return_work(secured: Secured) -> None:
     secured.generate(PROMPT + [5, 6, 7])
     # Decode's KV return (kv_prepare/kv_commit to prefill, signed) landed on prefill.
@@ -129,6 +134,11 @@ def test_signed_snapshots_and_kv_return_work(secured: Secured) -> None:
     resyncs = {m[0]: float(m[1]) for m in re.findall(
         r'memserve_router_event_resyncs(?:_total)?\{instance="([^"]+)"\} (\S+)', metrics)}
     assert resyncs.get("prefill-0", 0) >= 1 and resyncs.get("decode-0", 0) >= 1, resyncs
+    # Its event stream is signed: events were applied from prefill, none dropped as forged.
+    events = _per_instance(metrics, "events")
+    forged = _per_instance(metrics, "forged")
+    assert events.get("prefill-0", 0) > 0, events
+    assert forged.get("prefill-0", 0) == 0 and forged.get("decode-0", 0) == 0, forged
     counts = rpc_call(secured.control("prefill"), {"op": "integrity"}, timeout_s=30,
                       auth=secured.auth)["counts"]
     assert counts["device"]["capacity"] > 0

@@ -11,6 +11,11 @@ than ``max_skew_s`` away from its clock, and a nonce it has already accepted wit
 caller also knows that the answer comes from a holder of the secret and belongs to its request.
 The distinct labels keep a reply from being replayed as a request.
 
+The KV event stream (``events.EventPublisher``) is signed with the same secret: each ZMQ PUB
+message ``[topic, payload]`` gets a third frame ``b"MSE1" + HMAC-SHA256(secret,
+b"memserve-evt\0" + len(topic) (2 bytes) + topic + payload)``. Replays need no nonce there: a
+payload carries its publisher's epoch and seq, and a mirror applies each seq once.
+
 The secret is read from a file (``--mempool-secret-file PATH`` on the launcher and the router, or
 ``MEMSERVE_SECRET_FILE``) or from ``MEMSERVE_SECRET``; never from a command-line value, which
 ``ps`` shows to every user of the host.
@@ -40,6 +45,9 @@ HEADER_LEN = len(MAGIC) + NONCE_LEN + 8 + MAC_LEN
 _REQ = b"memserve-rpc-req\0"
 _REP = b"memserve-rpc-rep\0"
 MIN_SECRET_LEN = 16
+EVENT_MAGIC = b"MSE1"
+EVENT_MAC_LEN = len(EVENT_MAGIC) + MAC_LEN
+_EVT = b"memserve-evt\0"
 
 
 class AuthError(MemPoolError):
@@ -80,6 +88,25 @@ class ControlAuth:
     def reply_mac(self, nonce: bytes, body: bytes) -> bytes:
         """The MAC a reply to the request with ``nonce`` carries."""
         return hmac.new(self.secret, _REP + nonce + body, hashlib.sha256).digest()
+
+    def event_mac(self, topic: bytes, payload: bytes) -> bytes:
+        """The third frame of a signed KV event message (see the module docstring)."""
+        msg = _EVT + len(topic).to_bytes(2, "big") + topic + payload
+        return EVENT_MAGIC + hmac.new(self.secret, msg, hashlib.sha256).digest()
+
+    def verify_event(self, topic: bytes, payload: bytes, mac: bytes | None) -> None:
+        """Check a KV event message's MAC frame; changes nothing.
+
+        Raises:
+            AuthError: no MAC frame (unsigned), a malformed one, or a MAC that does not verify
+                (another secret, or an altered topic or payload).
+        """
+        if mac is None:
+            raise AuthError("unsigned event message (this feed needs signed events)")
+        if len(mac) != EVENT_MAC_LEN or not mac.startswith(EVENT_MAGIC):
+            raise AuthError(f"malformed event MAC frame ({len(mac)} bytes)")
+        if len(topic) >= 1 << 16 or not hmac.compare_digest(mac, self.event_mac(topic, payload)):
+            raise AuthError("bad event MAC: wrong secret or altered message")
 
 
 class NonceCache:

@@ -1,7 +1,8 @@
 """KV events: each pool publishes its index changes; mirrors rebuild the tree from them.
 
-Wire format v2 (ZMQ PUB, two frames ``[topic, payload]``; topic ``b"kv." + instance id``),
-payload an orjson object::
+Wire format v2 (ZMQ PUB, two frames ``[topic, payload]``; topic ``b"kv." + instance id``; with
+a shared secret a third frame, the HMAC of :meth:`.auth.ControlAuth.event_mac`, which mirrors
+with the secret require: :func:`open_frames`), payload an orjson object::
 
     {"v": 2, "instance": ID, "epoch": E, "seq": N, "ts": UNIX_SECONDS, "events": [EVENT, ...]}
 
@@ -41,9 +42,10 @@ from typing import Protocol
 import orjson
 import zmq
 
+from .auth import AuthError, ControlAuth, load_auth
 from .chainhash import SEED, chain, page_hash
 from .radix import Change, Node, PageKey, RadixTree
-from .rpc import rpc_call
+from .rpc import FROM_ENV, AuthArg, rpc_call
 
 EVENT_FORMAT_VERSION = 2
 
@@ -58,6 +60,26 @@ def topic_of(instance_id: str) -> bytes:
 
 class EventFormatError(ValueError):
     """A message of an unknown format version or shape (refused, not resynced)."""
+
+
+class EventFrameError(ValueError):
+    """A ZMQ message with the wrong number of frames (not one of ours)."""
+
+
+def open_frames(frames: Sequence[bytes], auth: ControlAuth | None) -> tuple[bytes, bytes]:
+    """``(topic, payload)`` of a received event message; checks its MAC when ``auth`` is set
+    (without a secret a third frame is ignored). Changes nothing.
+
+    Raises:
+        EventFrameError: not 2 or 3 frames.
+        AuthError: ``auth`` is set and the message is unsigned or its MAC does not verify.
+    """
+    if len(frames) not in (2, 3):
+        raise EventFrameError(f"event message of {len(frames)} frames (want 2, or 3 signed)")
+    topic, payload = bytes(frames[0]), bytes(frames[1])
+    if auth is not None:
+        auth.verify_event(topic, payload, bytes(frames[2]) if len(frames) == 3 else None)
+    return topic, payload
 
 
 class NeedResync(Exception):
@@ -145,6 +167,10 @@ def tree_snapshot(tree: RadixTree, seq: int, epoch: str = "") -> dict:
     return {"v": EVENT_FORMAT_VERSION, "epoch": epoch, "seq": seq, "nodes": nodes}
 
 
+def _resolve_auth(auth: AuthArg) -> ControlAuth | None:
+    return auth if auth is None or isinstance(auth, ControlAuth) else load_auth()
+
+
 class EventPublisher:
     """PUB socket of one instance's KV events. Not thread-safe: the pool calls it under its lock.
 
@@ -152,11 +178,14 @@ class EventPublisher:
         instance_id: the publishing instance.
         host: bind address (loopback by default). port: 0 picks a free port.
         sndhwm: messages queued per subscriber before ZMQ drops (mirrors then resync).
+        auth: the secret every message is signed with (None: unsigned, the two-frame format;
+            default: the environment's, as the control channel's, see :mod:`.auth`).
     """
 
     def __init__(self, instance_id: str, host: str = "127.0.0.1", port: int = 0,
-                 *, sndhwm: int = 100_000) -> None:
+                 *, sndhwm: int = 100_000, auth: AuthArg = FROM_ENV) -> None:
         self.instance_id = instance_id
+        self.auth = _resolve_auth(auth)
         self.epoch = secrets.token_hex(8)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUB)
@@ -191,7 +220,10 @@ class EventPublisher:
     def _send(self, raw: bytes) -> None:
         self.bytes_sent += len(raw) + len(self._topic)
         self._last_send = time.monotonic()
-        self._sock.send_multipart([self._topic, raw])
+        if self.auth is None:
+            self._sock.send_multipart([self._topic, raw])
+        else:
+            self._sock.send_multipart([self._topic, raw, self.auth.event_mac(self._topic, raw)])
 
     def heartbeat(self, idle_s: float = 1.0) -> bool:
         """Repeat the current seq if nothing was sent for ``idle_s`` (and something ever was).
@@ -512,6 +544,9 @@ class TreeMirror:
         page_size: tokens per page (of a fresh tree).
         tree: a shared mirror tree (``allow_empty=True``); a fresh one if ``None``.
         timeout_s: bound on a snapshot request.
+        auth: the secret events must be signed with (None: unsigned accepted; default: the
+            environment's). Messages that fail :func:`open_frames` or do not parse are dropped
+            and counted (``dropped``).
     """
 
     def __init__(
@@ -523,8 +558,11 @@ class TreeMirror:
         *,
         tree: RadixTree | None = None,
         timeout_s: float = 5.0,
+        auth: AuthArg = FROM_ENV,
     ) -> None:
         self.instance_id = instance_id
+        self.auth = _resolve_auth(auth)
+        self.dropped = 0
         self.control_endpoint = control_endpoint
         self.tree = tree if tree is not None else RadixTree(page_size, allow_empty=True)
         self.timeout_s = timeout_s
@@ -577,10 +615,17 @@ class TreeMirror:
         n = 0
         wait_ms = int(timeout_s * 1000)
         while n < max_messages and self._sock.poll(wait_ms):
-            _topic, raw = self._sock.recv_multipart()
-            self.apply(orjson.loads(raw))
+            frames = self._sock.recv_multipart()
             n += 1
             wait_ms = 0
+            try:
+                msg = orjson.loads(open_frames(frames, self.auth)[1])
+                if not isinstance(msg, dict):
+                    raise EventFrameError("payload is not a JSON object")
+            except (AuthError, EventFrameError, orjson.JSONDecodeError):
+                self.dropped += 1
+                continue
+            self.apply(msg)
         return n
 
     def close(self) -> None:
