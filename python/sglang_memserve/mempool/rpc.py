@@ -171,7 +171,8 @@ class RpcServer:
         except (MemPoolError, orjson.JSONDecodeError) as e:
             self._send(envelope, nonce, _error_reply(self.instance_id, e))
             return
-        if msg.get("op") in self.slow_ops:
+        # isinstance first: an unhashable op (a list) raised here and killed this thread.
+        if isinstance(msg.get("op"), str) and msg["op"] in self.slow_ops:
             threading.Thread(target=self._slow, args=(envelope, nonce, msg), daemon=True,
                              name=f"rpc-slow-{self.instance_id}").start()
         else:
