@@ -46,6 +46,12 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
+def _header(text: str) -> str:
+    """``text`` as a header value: one line of printable ASCII (reasons quote instance ids,
+    which a user names; an exception text may hold anything)."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text)[:300]
+
+
 class UpstreamError(RuntimeError):
     """An instance failed before the router sent the client a byte (the request may be retried)."""
 
@@ -71,6 +77,8 @@ class Router:
         self._pending: list[WorkerSpec] = []
         self._join_task: asyncio.Task | None = None
         self._tokenizer_lock = asyncio.Lock()
+        # Migrations in flight, per target: (the prefix moving, tokens it held, the push).
+        self._moving: dict[str, list[tuple[Sequence[int], int, asyncio.Task]]] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -197,14 +205,47 @@ class Router:
         self.metrics.predicted_hit.labels(role).inc(hit)
         return est, uncached
 
-    async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> None:
+    async def _arrive(self, decision: Decision, prompt: Prompt, dst: Worker,
+                      headers: dict[str, str]) -> None:
+        """Before forwarding to ``dst``: run the decision's migration, or wait for one already
+        moving a prefix this prompt extends into. Sets ``X-MemServe-Migration`` in ``headers``.
+
+        NOTE: the router counts a migrating prefix as ``dst``'s as soon as it is decided, so
+        later requests sharing it are routed there at once; sent before the pages land, they
+        would recompute them (and turn the push into a no-op).
+        """
+        if decision.migrate_from:
+            moving = self._moving.setdefault(dst.id, [])
+            task = asyncio.ensure_future(self._migrate(decision, prompt, dst))
+            entry = (prompt.tokens[:decision.migrate_tokens], decision.migrate_cached_tokens,
+                     task)
+            moving.append(entry)
+            try:
+                headers["X-MemServe-Migration"] = _header(await asyncio.shield(task))
+            finally:
+                moving.remove(entry)
+            return
+        for prefix, held, task in list(self._moving.get(dst.id, ())):
+            # Only a prompt that reaches past what dst held before the push gains from it.
+            k = min(len(prefix), len(prompt.tokens), held + dst.info.page_size)
+            if k > held and prompt.tokens[:k] == prefix[:k]:
+                outcome = await asyncio.shield(task)
+                headers["X-MemServe-Migration"] = _header(f"waited for {outcome}")
+
+    async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> str:
         """Ask the holder to push the prefix to ``dst`` (MemPool transfer_with_insert); on any
-        failure the request is still served, recomputing what did not arrive."""
+        failure the request is still served, recomputing what did not arrive.
+
+        Returns:
+            One line on the outcome (the ``X-MemServe-Migration`` header): ``ok`` with the pages
+            moved, ``noop`` (``dst`` had the prefix by then: an earlier request put it there
+            before the router's mirror learnt it), ``failed`` or ``skipped`` with the cause.
+        """
         assert self.cluster is not None
         src = self.cluster.workers.get(decision.migrate_from or "")
         if src is None or not src.info.control or not dst.info.control:
             self.metrics.migrations.labels("skipped").inc()
-            return
+            return f"skipped: {decision.migrate_from} or {dst.id} has no control channel"
         from sglang_memserve.mempool.rpc import rpc_call
 
         msg = {"op": "kv_push", "tokens": prompt.tokens[:decision.migrate_tokens],
@@ -223,13 +264,17 @@ class Router:
             if observe is not None:
                 observe(decision.migrate_tokens - decision.migrate_cached_tokens,
                         time.perf_counter() - t0)
-            return
+            return f"failed: {exc}"[:200]
         seconds = time.perf_counter() - t0
         if observe is not None:
             observe(decision.migrate_tokens - decision.migrate_cached_tokens, seconds)
         self.metrics.migration_seconds.observe(seconds)
-        self.metrics.migrations.labels("ok").inc()
+        pages = int(out.get("sent_pages", 0))
+        outcome = "ok" if pages else "noop"
+        self.metrics.migrations.labels(outcome).inc()
         self.metrics.migration_bytes.inc(int(out.get("bytes", 0)))
+        return (f"{outcome}: {pages} pages from {src.id}, skipped {int(out.get('skip', 0))} "
+                f"tokens, {seconds * 1e3:.1f} ms")
 
     def _generation_handler(self, path: str
                             ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -275,12 +320,12 @@ class Router:
         tried.append(worker.id)
         # Accounted before a migration runs, so concurrent decisions see the pages coming.
         est, uncached = self._account("colocated", worker, hit, prompt)
-        if decision.migrate_from:
-            await self._migrate(decision, prompt, worker)
+        headers = {"X-MemServe-Route": _header(decision.reason)}
+        await self._arrive(decision, prompt, worker, headers)
         done = _Once(lambda: worker.prefilled(est, uncached))
         try:
             return await self._proxy(request, worker, path, prompt.body, prompt.stream,
-                                     first_byte=done)
+                                     headers=headers, first_byte=done)
         finally:
             done()  # a failed request's queued prefill is not waiting there any more
             worker.finished()
@@ -292,8 +337,8 @@ class Router:
         tried += [prefill.id, decode.id]
         est, uncached = self._account("prefill", prefill, phit, prompt)
         self._account("decode", decode, dhit, prompt)
-        if pdec.migrate_from:
-            await self._migrate(pdec, prompt, prefill)
+        headers = {"X-MemServe-Prefill": prefill.id, "X-MemServe-Route": _header(pdec.reason)}
+        await self._arrive(pdec, prompt, prefill, headers)
         body = prompt.body | {"bootstrap_host": prefill.host,
                               "bootstrap_port": prefill.bootstrap_port,
                               "bootstrap_room": random.getrandbits(63)}
@@ -301,7 +346,7 @@ class Router:
         prefill_done.add_done_callback(lambda _t: prefill.prefilled(est, uncached))
         try:
             return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
-                                     {"X-MemServe-Prefill": prefill.id})
+                                     headers)
         finally:
             decode.finished()
             if not prefill_done.done():
