@@ -42,7 +42,7 @@ class EvalSizes:
     sharegpt_turns: int = 3
     sharegpt_chars: int = 600
     sharegpt_rate: float = 1.0
-    sharegpt_new: int = 48
+    sharegpt_new: int = 128
     longdoc_docs: int = 3
     longdoc_questions: int = 3
     longdoc_chars: int = 3000
@@ -55,9 +55,9 @@ class EvalSizes:
     react_new: int = 32
     react_max_prompt: int = 2500
     react_history: str = "generated"
-    trace_requests: int = 30
+    trace_requests: int = 24
     trace_block_tokens: int = 16
-    trace_speedup: float = 1.0
+    trace_speedup: float = 0.5
     trace_new: int = 16
     trace_max_prompt: int = 2000
 
@@ -182,7 +182,7 @@ def slim(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
         d["output_tokens"] = len(d.pop("output_ids"))
         d["computed_tokens"] = r.prompt_tokens - r.cached_tokens
         d["tpot"] = tpot_of(r)
-        out.append(d)
+        out.append({k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()})
     return out
 
 
