@@ -123,3 +123,15 @@ def test_a_migration_moves_the_prefix_and_the_policy_learns_its_cost() -> None:
     policy = sim.router.policies["colocated"]
     assert policy.migration_overhead_s == pytest.approx(overhead)  # learned, as the router does
     assert sim.check_mirrors() == []
+
+
+def test_the_routers_affinity_slack_reaches_the_policy() -> None:
+    """``SimConfig.affinity_slack`` is the router flag: the policy the simulator calls has it;
+    unset, the router's default applies (not the policy class's)."""
+    from memserve_router.config import RouterConfig
+
+    pinned = Simulator(SimConfig(instances=2, unit_tokens=U, affinity_slack=0.125))
+    assert pinned.router.policies["colocated"].config.affinity_slack == 0.125
+    default = Simulator(SimConfig(instances=2, unit_tokens=U))
+    assert default.router.policies["colocated"].config.affinity_slack == \
+        RouterConfig.affinity_slack != 0.125

@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load-per-request-s", type=float, default=None,
                    help="what-if: the policies' cost per request on an instance (not a router "
                         "flag; default: the router's)")
+    p.add_argument("--affinity-slack", type=float, default=None,
+                   help="the router's --affinity-slack (default: the router's)")
     p.add_argument("--check", action="store_true",
                    help="after the run, verify the router's trees equal the instances' indexes")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_s,
                         event_delay_s=a.event_delay_s,
                         migration_overhead_s=a.migration_overhead_s,
-                        load_per_request_s=a.load_per_request_s)
+                        load_per_request_s=a.load_per_request_s,
+                        affinity_slack=a.affinity_slack)
         sim = Simulator(cfg)
         t0 = time.perf_counter()
         requests = load(a)

@@ -69,6 +69,7 @@ class SimConfig:
             control round trips through both instances' scheduler loops).
         load_per_request_s: overrides the policies' ``PolicyConfig.load_per_request_s`` (None:
             the router's default). Not a router flag: a what-if knob for the ``memserve`` policy.
+        affinity_slack: the router's ``--affinity-slack`` (None: the router's default).
     """
 
     instances: int = 8
@@ -88,6 +89,7 @@ class SimConfig:
     evict_batch: float = 0.01
     migration_overhead_s: float = 0.0
     load_per_request_s: float | None = None
+    affinity_slack: float | None = None
 
     def __post_init__(self) -> None:
         if self.instances < (2 if self.pd else 1):

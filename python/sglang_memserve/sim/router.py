@@ -36,7 +36,9 @@ def router_config(cfg: SimConfig, transfer_per_page_s: float) -> RouterConfig:
     return RouterConfig(pd=cfg.pd, policy=cfg.policy, decode_policy=cfg.decode_policy,
                         cost_table=cfg.cost_table, transfer_per_page_s=transfer_per_page_s,
                         migrate=cfg.migrate, min_migrate_gain_s=cfg.min_migrate_gain_s,
-                        predict_ttl_s=cfg.predict_ttl_s)
+                        predict_ttl_s=cfg.predict_ttl_s,
+                        **({} if cfg.affinity_slack is None
+                           else {"affinity_slack": cfg.affinity_slack}))
 
 
 class SimRouter:
