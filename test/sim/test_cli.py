@@ -44,3 +44,21 @@ def test_cli_refuses_bad_input_with_the_cause(argv: list[str], why: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert why in capsys.readouterr().err
+
+
+def test_paper_runs_the_four_configurations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from sglang_memserve.sim.paper import main as paper
+
+    monkeypatch.setenv("MEMSERVE_DATA_DIR", str(tmp_path))  # the shipped samples
+    out = tmp_path / "paper.json"
+    assert paper(["--instances", "4", "--workloads", "react", "longdoc", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| react | PD + cache (MemServe) / PD |" in text
+    rows = {(r["workload"], r["setup"]): r for r in json.loads(out.read_text())}
+    assert len(rows) == 8
+    for w in ("react", "longdoc"):
+        assert rows[(w, "colocated")]["hit_rate"] == rows[(w, "PD")]["hit_rate"] == 0.0
+        assert rows[(w, "PD + cache (MemServe)")]["hit_rate"] > 0.3
+        assert rows[(w, "PD + cache (MemServe)")]["ttft_avg_s"] < rows[(w, "PD")]["ttft_avg_s"]
+    assert rows[("react", "PD + cache (MemServe)")]["kv_returns"] > 0

@@ -135,3 +135,23 @@ def test_the_routers_affinity_slack_reaches_the_policy() -> None:
     default = Simulator(SimConfig(instances=2, unit_tokens=U))
     assert default.router.policies["colocated"].config.affinity_slack == \
         RouterConfig.affinity_slack != 0.125
+
+
+@pytest.mark.parametrize("pd", [False, True])
+def test_without_a_prefix_cache_nothing_is_reused(pd: bool) -> None:
+    """``prefix_cache=False`` (SGLang without a radix cache): every prefill computes its whole
+    prompt and PD sends it all, so TTFT rises against the cached run of the same requests."""
+    from sglang_memserve.sim.workload import sharegpt as load
+
+    def run(cache: bool):
+        spec = InstanceSpec(hbm_tokens=2_000_000, prefix_cache=cache)
+        policy = "memserve" if cache else "least_load"
+        cfg = SimConfig(instances=4, pd=pd, instance=spec, unit_tokens=16, policy=policy,
+                        decode_policy=policy, kv_return=cache)
+        return Simulator(cfg).run(load(conversations=20, rate=4.0, think_s=1.0))
+
+    cached, plain = run(True), run(False)
+    assert plain.finished == cached.finished == plain.requests
+    assert plain.hit_rate == 0.0 < cached.hit_rate
+    assert plain.ttft_avg_s > cached.ttft_avg_s
+    assert plain.kv_returns == 0

@@ -45,3 +45,55 @@ def test_sharegpt_turns_extend_the_previous_prompt_and_answer() -> None:
         assert think == 5.0 and nxt.arrival_s < 0  # set when the previous turn ends
         r, n = nxt, n + 1
     assert n >= 1
+
+
+def _chain(first):  # a closed loop's requests, first to last
+    out = [first]
+    while out[-1].follow is not None:
+        out.append(out[-1].follow[0])
+    return out
+
+
+def test_longdoc_questions_share_their_document_and_nothing_else(no_data: None) -> None:
+    from sglang_memserve.sim.workload import longdoc
+
+    reqs = longdoc(docs=3, questions_per_doc=4, unit_tokens=16)
+    assert len(reqs) == 12 and [r.arrival_s for r in reqs] == sorted(r.arrival_s for r in reqs)
+    by_doc: dict[str, list] = {}
+    for r in reqs:
+        by_doc.setdefault(r.session.rsplit("#", 1)[0], []).append(r)
+    assert len(by_doc) == 3
+    heads = {}
+    for doc, rs in by_doc.items():
+        common = set.intersection(*(set(r.blocks) for r in rs))
+        assert len(common) >= 10, doc  # the instruction and document: a long shared prefix
+        assert all(r.blocks[:len(common)] == rs[0].blocks[:len(common)] for r in rs)
+        assert len({r.blocks[len(common):] for r in rs}) == len(rs)  # questions differ
+        heads[doc] = common
+    a, b, c = heads.values()
+    assert not (a & b) and not (a & c) and not (b & c)
+
+
+def test_react_calls_grow_by_answer_and_observation_and_share_the_few_shot_prompt(
+        no_data: None) -> None:
+    from sglang_memserve.sim.workload import react
+    from sglang_memserve.workloads.react import load_react
+
+    firsts = react(episodes=6, think_s=0.5, unit_tokens=16)
+    episodes, _ = load_react(limit=6)
+    assert len(firsts) == 6
+    for ep, first in zip(episodes, firsts, strict=True):
+        calls = _chain(first)
+        assert len(calls) == len(ep.steps) and calls[0].arrival_s >= 0
+        for prev, nxt in zip(calls, calls[1:], strict=False):
+            carried = prev.blocks + prev.output_blocks
+            assert nxt.blocks[:len(carried)] == carried and len(nxt.blocks) > len(carried)
+            assert nxt.tokens > prev.tokens + prev.output_tokens and prev.follow[1] == 0.5
+    by_prompt: dict[str, list] = {}
+    for ep, first in zip(episodes, firsts, strict=True):
+        by_prompt.setdefault(ep.prompt_id, []).append(first.blocks)
+    shared = [set.intersection(*map(set, b)) for b in by_prompt.values() if len(b) > 1]
+    assert shared and all(len(s) >= 2 for s in shared)  # the few-shot prompt's blocks
+    if len(by_prompt) > 1:
+        tasks = [set(b[0]) for b in by_prompt.values()]
+        assert not set.intersection(*tasks)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import DEFAULT_TABLE, InstanceSpec, SimConfig
 from .simulator import Simulator
-from .workload import SimRequest, mooncake, sharegpt
+from .workload import SimRequest, longdoc, mooncake, react, sharegpt
 
 
 def _mooncake(a: argparse.Namespace) -> list[SimRequest]:
@@ -26,10 +26,23 @@ def _sharegpt(a: argparse.Namespace) -> list[SimRequest]:
                     unit_tokens=a.unit_tokens or 16)
 
 
+def _longdoc(a: argparse.Namespace) -> list[SimRequest]:
+    return longdoc(a.trace, docs=a.requests or 16, rate=a.rate, unit_tokens=a.unit_tokens or 16)
+
+
+def _react(a: argparse.Namespace) -> list[SimRequest]:
+    if (a.trace is None) != (a.prompts is None):
+        raise ValueError("react: give both --trace (episodes) and --prompts, or neither")
+    return react(a.trace, a.prompts, episodes=a.requests or 200, rate=a.rate,
+                 think_s=a.think_s, unit_tokens=a.unit_tokens or 16)
+
+
 # Workload name -> (loader, default tokens per block).
 WORKLOADS: dict[str, tuple[Callable[[argparse.Namespace], list[SimRequest]], int]] = {
     "mooncake": (_mooncake, 512),
     "sharegpt": (_sharegpt, 16),
+    "longdoc": (_longdoc, 16),
+    "react": (_react, 16),
 }
 
 
@@ -43,11 +56,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-share", type=float, default=0.5)
     p.add_argument("--no-kv-return", action="store_true", help="PD: no decode -> prefill return")
     p.add_argument("--no-migrate", action="store_true")
+    p.add_argument("--no-cache", action="store_true",
+                   help="instances reuse no KV (SGLang without a radix cache; pair it with a "
+                        "load policy, e.g. --policy least_load)")
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="mooncake")
     p.add_argument("--trace", type=Path, default=None,
                    help="workload file (default: the data directory's, else built in)")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="react: the few-shot prompts file (with --trace: the episodes)")
     p.add_argument("--requests", type=int, default=None,
-                   help="mooncake: first N requests; sharegpt: N conversations")
+                   help="mooncake: first N requests; sharegpt: N conversations; longdoc: N "
+                        "documents; react: N episodes")
     p.add_argument("--replicas", type=int, default=1, help="mooncake: trace copies (rate x N)")
     p.add_argument("--speedup", type=float, default=1.0, help="mooncake: arrival times / S")
     p.add_argument("--scale-trace", action="store_true",
@@ -55,8 +74,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=None, help="mooncake: cut prompts")
     p.add_argument("--output-tokens", type=int, default=None,
                    help="mooncake: every request generates this many tokens")
-    p.add_argument("--rate", type=float, default=2.0, help="sharegpt: conversations per second")
-    p.add_argument("--think-s", type=float, default=5.0, help="sharegpt: pause between turns")
+    p.add_argument("--rate", type=float, default=2.0,
+                   help="sharegpt: conversations, longdoc: requests, react: episodes per second")
+    p.add_argument("--think-s", type=float, default=5.0,
+                   help="sharegpt: pause between turns; react: the tool's latency")
     p.add_argument("--cost-table", default=DEFAULT_TABLE, help="shipped table name or a path")
     p.add_argument("--unit-tokens", type=int, default=None,
                    help="tokens per block (mooncake 512, sharegpt 16)")
@@ -87,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     a.unit_tokens = a.unit_tokens or unit
     try:
         spec = InstanceSpec(hbm_tokens=a.hbm_tokens, dram_tokens=a.dram_tokens,
-                            chunk_tokens=a.chunk_tokens, max_batch=a.max_batch)
+                            chunk_tokens=a.chunk_tokens, max_batch=a.max_batch,
+                            prefix_cache=not a.no_cache)
         cfg = SimConfig(instances=a.instances, pd=a.pd, prefill_share=a.prefill_share,
                         instance=spec, policy=a.policy, decode_policy=a.decode_policy,
                         cost_table=a.cost_table, unit_tokens=a.unit_tokens,

@@ -23,12 +23,16 @@ class InstanceSpec:
         chunk_tokens: prefill chunk size (SGLang's ``--chunked-prefill-size``): one scheduler
             iteration computes at most this many new prompt tokens of one request.
         max_batch: most requests in one decode batch (SGLang's ``--max-running-requests``).
+        prefix_cache: reuse cached KV (False: every prefill computes the whole prompt and a
+            decode instance receives all of it, as SGLang without a radix cache; the index
+            still tracks pages, so memory use is the same).
     """
 
     hbm_tokens: int = 800_000
     dram_tokens: int = 0
     chunk_tokens: int = 8192
     max_batch: int = 256
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.hbm_tokens <= 0 or self.dram_tokens < 0:

@@ -213,10 +213,14 @@ class SimInstance:
                 self.leases += 1
                 job.lease = lease
                 x = job.req.tokens
-                job.hit_tokens = min(lease.hit * self.unit, x)
-                job.host_tokens = min(lease.host_hit * self.unit, job.hit_tokens)
-                job.done = min(job.hit_tokens, x - 1)
-                swap = self.table.swap_time(lease.host_hit * self.pages_per_unit, "in")
+                if self.spec.prefix_cache:
+                    job.hit_tokens = min(lease.hit * self.unit, x)
+                    job.host_tokens = min(lease.host_hit * self.unit, job.hit_tokens)
+                    job.done = min(job.hit_tokens, x - 1)
+                    swap = self.table.swap_time(lease.host_hit * self.pages_per_unit, "in")
+                else:
+                    job.hit_tokens = job.host_tokens = job.done = 0
+                    swap = 0.0
             else:
                 swap = 0.0
             a = job.done

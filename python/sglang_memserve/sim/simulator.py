@@ -132,7 +132,8 @@ class Simulator:
 
     def send_kv(self, job: Job, inst: SimInstance) -> None:
         assert job.dlease is not None
-        self.loop.after(self._transfer_s(len(job.path) - job.dlease.hit), self._kv_landed, job)
+        have = job.dlease.hit if inst.spec.prefix_cache else 0
+        self.loop.after(self._transfer_s(len(job.path) - have), self._kv_landed, job)
 
     def _kv_landed(self, job: Job) -> None:
         assert job.prefill is not None and job.decode is not None and job.dlease is not None
@@ -147,7 +148,7 @@ class Simulator:
         if self.cfg.pd:
             assert job.prefill is not None
             workers[job.prefill.id].finished()
-            if self.cfg.kv_return:
+            if self.cfg.kv_return and job.prefill.spec.prefix_cache:
                 self._kv_return(job)
         self._follow(job)
 

@@ -10,6 +10,16 @@
   characters (4 per token), block ids synthetic and unique per conversation; turn ``k + 1``'s
   prompt is turn ``k``'s prompt + its answer + the next user turn, and it arrives ``think_s``
   after turn ``k`` finished (closed loop), so the answer's KV can be reused.
+* Long-document QA (:func:`sglang_memserve.workloads.data.load_longdoc`): one request per
+  question, Poisson arrivals; the instruction and document are named by the document, so every
+  question on a document shares them, and the question's blocks are its own.
+* ReAct agent traces (:func:`sglang_memserve.workloads.react.load_react`): one closed loop per
+  episode (episodes Poisson), call ``i + 1`` arriving ``think_s`` (the tool's latency) after
+  call ``i``'s answer, its prompt that answer's prompt + answer + the tool's observation; the
+  few-shot prompt is named by its ``prompt_id``, so every call of a task shares it.
+
+Token counts come from characters (4 per token); a text segment's blocks never span segments
+(its last block may be partial), which is what lets equal names mean equal KV.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_memserve.workloads.data import load_sharegpt
+from sglang_memserve.workloads.data import load_longdoc, load_sharegpt
+from sglang_memserve.workloads.react import episode_calls, load_react
 from sglang_memserve.workloads.trace import TRACE_BLOCK_TOKENS, load_trace
 
 CHARS_PER_TOKEN = 4
@@ -148,4 +159,105 @@ def sharegpt(path: Path | None = None, *, conversations: int = 200, rate: float 
                 prev.follow = (req, think_s)
             prev = req
             prompt, tokens = prompt + out_blocks, tokens + n_out
+    return firsts
+
+
+class _Names:
+    """Block ids for named text segments: equal names give equal blocks (module docstring)."""
+
+    def __init__(self, unit_tokens: int) -> None:
+        self.unit = unit_tokens
+        self._ids: dict[tuple, int] = {}
+
+    def blocks(self, name: tuple, tokens: int) -> tuple[int, ...]:
+        """The ``ceil(tokens / unit)`` blocks (at least one) of the segment called ``name``."""
+        n = -(-max(1, tokens) // self.unit)
+        return tuple(self._ids.setdefault((name, i), len(self._ids) + 1) for i in range(n))
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // CHARS_PER_TOKEN)
+
+
+def longdoc(path: Path | None = None, *, docs: int = 16, questions_per_doc: int = 8,
+            rate: float = 1.0, max_context_chars: int = 200_000, unit_tokens: int = 16,
+            max_output_tokens: int = 512, seed: int = 0) -> list[SimRequest]:
+    """Long-document QA as independent requests (module docstring).
+
+    Args:
+        path: a ``longdoc_qa.jsonl`` file (default: the data directory's, else built in).
+        docs / questions_per_doc / max_context_chars: as ``load_longdoc``.
+        rate: requests per second (Poisson).
+        max_output_tokens: cap on an answer's length (its reference answer's length, >= 1).
+
+    Returns:
+        Requests sorted by arrival, question-major (the questions on a document spread out).
+    """
+    rng = random.Random(seed)
+    names = _Names(unit_tokens)
+    out: list[SimRequest] = []
+    t = 0.0
+    for i, conv in enumerate(load_longdoc(path, docs=docs, questions_per_doc=questions_per_doc,
+                                          max_context_chars=max_context_chars)):
+        doc_id = conv.id.rsplit("#", 1)[0]
+        text = conv.user_turns[0]
+        cut = text.rfind("\n\nQuestion: ")
+        head, question = (text[:cut], text[cut:]) if cut >= 0 else (text, "")
+        blocks = (names.blocks(("doc", doc_id), _tokens(head))
+                  + names.blocks(("q", conv.id), _tokens(question)))
+        n_out = min(max_output_tokens, _tokens(conv.reference_answers[0]))
+        t += rng.expovariate(rate)
+        out.append(SimRequest(i, t, blocks, _tokens(head) + _tokens(question), n_out,
+                              names.blocks(("a", conv.id), n_out), session=conv.id))
+    return out
+
+
+def react(traces: Path | None = None, prompts: Path | None = None, *, episodes: int = 200,
+          rate: float = 1.0, think_s: float = 1.0, unit_tokens: int = 16,
+          max_output_tokens: int = 512, max_observation_chars: int | None = 4000,
+          seed: int = 0) -> list[SimRequest]:
+    """ReAct episodes as closed-loop chains of calls (module docstring).
+
+    Args:
+        traces / prompts: the episode and few-shot prompt files (both or neither; default: the
+            data directory's, else the shipped sample).
+        episodes: how many (tasks interleaved, as ``load_react``).
+        rate: episodes started per second (Poisson).
+        think_s: seconds between a call's answer and the next call (the tool's latency).
+        max_output_tokens: cap on a call's output (the trace's step length, >= 1).
+        max_observation_chars: cut each observation (WebShop pages run long).
+
+    Returns:
+        Every episode's first call (``follow`` chains hold the rest; ``rid`` numbers every call).
+    """
+    rng = random.Random(seed)
+    eps, table = load_react(traces, prompts, limit=episodes)
+    names = _Names(unit_tokens)
+    rid = itertools.count()
+    firsts: list[SimRequest] = []
+    t = 0.0
+    for ep in eps:
+        t += rng.expovariate(rate)
+        calls = episode_calls(ep, table, max_observation_chars=max_observation_chars)
+        prev: SimRequest | None = None
+        for i, call in enumerate(calls):
+            n_out = min(max_output_tokens, _tokens(call.expected_output))
+            if prev is None:
+                n_prompt, n_q = _tokens(call.segments[0]), _tokens("".join(call.segments[1:]))
+                blocks = (names.blocks(("prompt", ep.prompt_id), n_prompt)
+                          + names.blocks(("q", ep.episode_id), n_q))
+                tokens = n_prompt + n_q
+            else:
+                obs = _tokens(calls[i - 1].followup)
+                blocks = (prev.blocks + prev.output_blocks
+                          + names.blocks(("obs", ep.episode_id, i), obs))
+                tokens = prev.tokens + prev.output_tokens + obs
+            req = SimRequest(next(rid), t if prev is None else -1.0, blocks, tokens, n_out,
+                             names.blocks(("out", ep.episode_id, i), n_out),
+                             session=ep.episode_id)
+            if prev is None:
+                firsts.append(req)
+            else:
+                prev.follow = (req, think_s)
+            prev = req
     return firsts
