@@ -56,7 +56,7 @@ def test_paper_runs_the_four_configurations(tmp_path: Path, monkeypatch: pytest.
     text = capsys.readouterr().out
     assert "| react | PD + cache (MemServe) / PD |" in text
     rows = {(r["workload"], r["setup"]): r for r in json.loads(out.read_text())}
-    assert len(rows) == 8
+    assert len(rows) == 10
     for w in ("react", "longdoc"):
         assert rows[(w, "colocated")]["hit_rate"] == rows[(w, "PD")]["hit_rate"] == 0.0
         assert rows[(w, "PD + cache (MemServe)")]["hit_rate"] > 0.3

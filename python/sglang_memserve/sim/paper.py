@@ -1,11 +1,11 @@
 """``python -m sglang_memserve.sim.paper``: the MemServe paper's four configurations at its scale.
 
-Colocated, colocated + cache, PD and PD + cache (MemServe: the decode instance returns each
-finished request's KV to its prefill instance) over ShareGPT multi-turn chats, long-document QA,
-ReAct agent traces and the Mooncake conversation trace, on one simulated cluster whose times come
-from a GPU cost table. Without a cache the router balances load (``least_load``); with one it is
-memserve-router's default policy. Prints one markdown table and the ratio rows the paper reports,
-its own figures beside them; ``--json`` writes every run's figures.
+Colocated, colocated + cache, PD, and PD + cache two ways -- MemServe (the decode instance returns
+each finished request's KV to its prefill instance) and stock SGLang's (a decode radix cache, no
+return, sglang-router's ``cache_aware`` rule) -- over ShareGPT multi-turn chats, long-document
+QA, ReAct agent traces and the Mooncake conversation trace, on one simulated cluster whose times
+come from a GPU cost table (see ``Setup``). Prints one markdown table and the ratio rows the
+paper reports, its own figures beside them; ``--json`` writes every run's figures.
 """
 
 from __future__ import annotations
@@ -26,22 +26,32 @@ from .workload import SimRequest, longdoc, mooncake, react, sharegpt
 
 @dataclass(frozen=True)
 class Setup:
-    """One configuration: PD or not, a prefix cache or not."""
+    """One configuration: PD or not, a prefix cache or not, and the router's policy.
+
+    ``memserve`` is MemServe (memserve-router's default policy, migrations, and in PD the
+    decode -> prefill KV return); ``prefix`` is stock SGLang's PD with its decode radix cache
+    behind sglang-router's ``cache_aware`` rule (no return, no migration).
+    """
 
     name: str
     pd: bool
     cache: bool
+    policy: str
 
     def config(self, base: SimConfig) -> SimConfig:
-        policy = "memserve" if self.cache else "least_load"
+        memserve = self.policy == "memserve"
         return dataclasses.replace(
-            base, pd=self.pd, policy=policy, decode_policy=policy, kv_return=self.cache,
-            migrate=self.cache,
+            base, pd=self.pd, policy=self.policy, decode_policy=self.policy,
+            kv_return=memserve, migrate=memserve,
             instance=dataclasses.replace(base.instance, prefix_cache=self.cache))
 
 
-SETUPS = (Setup("colocated", False, False), Setup("colocated + cache", False, True),
-          Setup("PD", True, False), Setup("PD + cache (MemServe)", True, True))
+MEMSERVE_PD = "PD + cache (MemServe)"
+SETUPS = (Setup("colocated", False, False, "least_load"),
+          Setup("colocated + cache", False, True, "memserve"),
+          Setup("PD", True, False, "least_load"),
+          Setup("PD + cache, stock-like", True, True, "prefix"),
+          Setup(MEMSERVE_PD, True, True, "memserve"))
 
 # Workload name -> requests (the same list object is never run twice: loaders are re-called).
 WORKLOADS: dict[str, Callable[[], list[SimRequest]]] = {
@@ -82,8 +92,9 @@ def table(results: dict[tuple[str, str], SimResult], workloads: list[str]) -> st
     lines += ["", "| workload | ratio | JCT avg | TTFT avg | TTFT P99 | the paper (PD + cache vs PD) |",
               "|---|---|---|---|---|---|"]
     for w in workloads:
-        for num, den in (("PD + cache (MemServe)", "PD"), ("PD", "colocated"),
-                         ("PD + cache (MemServe)", "colocated + cache")):
+        for num, den in ((MEMSERVE_PD, "PD"), ("PD", "colocated"),
+                         (MEMSERVE_PD, "PD + cache, stock-like"),
+                         (MEMSERVE_PD, "colocated + cache")):
             a, b = results[(w, num)], results[(w, den)]
             paper = ""
             if den == "PD":
