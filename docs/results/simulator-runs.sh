@@ -46,7 +46,7 @@ for kv in 131072 8192; do
     sim "validate-memserve-nomig-$kv" "${VAL[@]}" --policy memserve --no-migrate --hbm-tokens $kv \
         --cost-table cpu-bench
 done
-timeout 600 "$PY" -m sglang_memserve.sim.paper --cost-table "$H200" --json "$O/paper.json" \
+timeout 600 "$PY" -m sglang_memserve.sim.paper --cost-table "$H200" --json "$O/paper.json" --plot "$O/paper.png" \
     > "$O/paper.md" 2>&1; echo "paper rc=$?" >> "$O/progress"
 timeout 600 "$PY" -m sglang_memserve.sim.paper --cost-table "$H200" --prefill-share 0.75 \
     --workloads mooncake --json "$O/paper-6p2d.json" > "$O/paper-6p2d.md" 2>&1

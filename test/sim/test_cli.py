@@ -52,7 +52,10 @@ def test_paper_runs_the_four_configurations(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setenv("MEMSERVE_DATA_DIR", str(tmp_path))  # the shipped samples
     out = tmp_path / "paper.json"
-    assert paper(["--instances", "4", "--workloads", "react", "longdoc", "--json", str(out)]) == 0
+    png = tmp_path / "paper.png"
+    assert paper(["--instances", "4", "--workloads", "react", "longdoc", "--json", str(out),
+                  "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "| react | PD + cache (MemServe) / PD |" in text
     rows = {(r["workload"], r["setup"]): r for r in json.loads(out.read_text())}

@@ -106,6 +106,36 @@ def table(results: dict[tuple[str, str], SimResult], workloads: list[str]) -> st
     return "\n".join(lines)
 
 
+def plot(results: dict[tuple[str, str], SimResult], workloads: list[str], path: Path) -> Path:
+    """Bars of each configuration's TTFT and JCT (avg) over PD's, per workload, as a PNG.
+
+    Returns:
+        ``path`` (written; matplotlib is imported only here).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    width = 0.8 / len(SETUPS)
+    for ax, metric, title in zip(axes, ("ttft_avg_s", "jct_avg_s"), ("TTFT avg", "JCT avg"),
+                                 strict=True):
+        for k, s in enumerate(SETUPS):
+            vals = [getattr(results[(w, s.name)], metric) / getattr(results[(w, "PD")], metric)
+                    for w in workloads]
+            ax.bar([i + (k - (len(SETUPS) - 1) / 2) * width for i in range(len(workloads))],
+                   vals, width, label=s.name)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(workloads)), workloads)
+        ax.set_title(f"{title}, relative to PD (lower is better)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b > 0 else "-"
 
@@ -120,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS),
                    default=["sharegpt", "longdoc", "react", "mooncake"])
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None, help="a PNG of the ratios to PD")
     a = p.parse_args(argv)
     try:
         base = SimConfig(instances=a.instances, prefill_share=a.prefill_share,
@@ -130,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(table(results, a.workloads))
+    if a.plot:
+        plot(results, a.workloads, a.plot)
     if a.json:
         a.json.write_text(json.dumps([{"workload": w, "setup": s} | r.to_json()
                                       for (w, s), r in results.items()], indent=1) + "\n")
