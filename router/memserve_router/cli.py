@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--migration-overhead-secs", type=float, default=None,
                    help="memserve policy: pin a migration's fixed cost (default: learned from "
                         "the migrations the router awaited)")
+    p.add_argument("--load-per-request-secs", type=float,
+                   default=RouterConfig.load_per_request_s,
+                   help="memserve policy: cost of each request already on an instance (raise "
+                        "it for long decodes: a crowded decode batch slows every request on it)")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)
@@ -134,6 +138,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
             migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
             affinity_slack=a.affinity_slack, migration_overhead_s=a.migration_overhead_secs,
+            load_per_request_s=a.load_per_request_secs,
             cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,
             balance_rel_threshold=a.balance_rel_threshold,

@@ -60,6 +60,9 @@ class RouterConfig:
         affinity_slack: the ``memserve`` policy keeps a request on the holder of its longest
             cached prefix unless another option is estimated faster by more than this
             fraction of the holder's estimate.
+        load_per_request_s: the ``memserve`` policy's cost of each request already on an
+            instance (seconds; small, so equal estimates spread). Raise it where requests
+            decode long enough for a crowded instance's decode batch to slow them.
         cache_threshold, balance_abs_threshold, balance_rel_threshold: the ``prefix``
             policy's thresholds (sglang-router's ``cache_aware`` defaults).
         health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
@@ -103,6 +106,7 @@ class RouterConfig:
     min_migrate_gain_s: float = 0.05
     affinity_slack: float = 0.5
     migration_overhead_s: float | None = None
+    load_per_request_s: float = PolicyConfig.load_per_request_s
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5
@@ -144,7 +148,8 @@ class RouterConfig:
                             transfer_per_page_s=self.transfer_per_page_s,
                             migrate=self.migrate, min_migrate_gain_s=self.min_migrate_gain_s,
                             affinity_slack=self.affinity_slack,
-                            migration_overhead_s=self.migration_overhead_s)
+                            migration_overhead_s=self.migration_overhead_s,
+                            load_per_request_s=self.load_per_request_s)
 
     @property
     def limits(self) -> RequestLimits:

@@ -155,3 +155,12 @@ def test_without_a_prefix_cache_nothing_is_reused(pd: bool) -> None:
     assert plain.hit_rate == 0.0 < cached.hit_rate
     assert plain.ttft_avg_s > cached.ttft_avg_s
     assert plain.kv_returns == 0
+
+
+def test_the_routers_load_per_request_flag_reaches_the_policy() -> None:
+    from memserve_router.cli import config_from_args
+
+    assert config_from_args(["--worker-urls", "http://127.0.0.1:1", "--load-per-request-secs",
+                             "0.05"]).policy_config.load_per_request_s == 0.05
+    sim = Simulator(SimConfig(instances=2, unit_tokens=U, load_per_request_s=0.02))
+    assert sim.router.policies["colocated"].config.load_per_request_s == 0.02

@@ -92,8 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--migration-overhead-s", type=float, default=0.0,
                    help="fixed cost of a migration beyond its pages' transfer")
     p.add_argument("--load-per-request-s", type=float, default=None,
-                   help="what-if: the policies' cost per request on an instance (not a router "
-                        "flag; default: the router's)")
+                   help="the router's --load-per-request-secs (default: the router's)")
     p.add_argument("--affinity-slack", type=float, default=None,
                    help="the router's --affinity-slack (default: the router's)")
     p.add_argument("--check", action="store_true",

@@ -71,8 +71,7 @@ class SimConfig:
             tree's LRU scan is amortised over many admissions.
         migration_overhead_s: fixed cost of one migration on top of its pages' transfer (the
             control round trips through both instances' scheduler loops).
-        load_per_request_s: overrides the policies' ``PolicyConfig.load_per_request_s`` (None:
-            the router's default). Not a router flag: a what-if knob for the ``memserve`` policy.
+        load_per_request_s: the router's ``--load-per-request-secs`` (None: its default).
         affinity_slack: the router's ``--affinity-slack`` (None: the router's default).
     """
 

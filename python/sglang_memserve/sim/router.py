@@ -38,7 +38,9 @@ def router_config(cfg: SimConfig, transfer_per_page_s: float) -> RouterConfig:
                         migrate=cfg.migrate, min_migrate_gain_s=cfg.min_migrate_gain_s,
                         predict_ttl_s=cfg.predict_ttl_s,
                         **({} if cfg.affinity_slack is None
-                           else {"affinity_slack": cfg.affinity_slack}))
+                           else {"affinity_slack": cfg.affinity_slack}),
+                        **({} if cfg.load_per_request_s is None
+                           else {"load_per_request_s": cfg.load_per_request_s}))
 
 
 class SimRouter:
@@ -64,10 +66,6 @@ class SimRouter:
         # The router's own policy objects, built by the router from its configuration (no
         # I/O happens before its app starts).
         self.policies: dict[str, Policy] = Router(self.config).policies
-        if cfg.load_per_request_s is not None:  # the what-if knob (not a router flag)
-            for p in self.policies.values():
-                p.config = dataclasses.replace(p.config,
-                                               load_per_request_s=cfg.load_per_request_s)
         self.cluster = Cluster(self.config, None, table.exec_time)  # type: ignore[arg-type]
         # Events come from the simulator, not a socket: close the feed's ZMQ socket now (an
         # open one would block its context's teardown when the cluster is collected).
