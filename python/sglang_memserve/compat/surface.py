@@ -128,4 +128,24 @@ READS: tuple[Use, ...] = (
          Target(f"{_MEM}.base_prefix_cache", "EvictParams", keywords=("num_tokens",)))),
 )
 
+READS += (
+    Use("reads:tree-api", "reads", "sglang_memserve.cache.peer",
+        "KV movement matches, locks and inserts prefixes through SGLang's tree cache API and "
+        "writes through SGLang's Mooncake engine (PD roles)",
+        (Target(f"{_MEM}.unified_radix_cache", "UnifiedRadixCache",
+                attrs=("match_prefix", "insert", "lock", "unlock", "path_device_indices")),
+         Target(f"{_MEM}.base_prefix_cache", "MatchPrefixParams", keywords=("key",)),
+         Target(f"{_MEM}.base_prefix_cache", "InsertParams", keywords=("key", "value")),
+         Target(f"{_MEM}.base_prefix_cache", "MatchResult",
+                attrs=("device_prefix_len", "last_device_node", "best_match_node",
+                       "host_hit_length")),
+         Target(f"{_MEM}.radix_cache", "RadixKey.__init__", params=("self", "token_ids")),
+         Target("sglang.srt.distributed.parallel_state", "get_mooncake_transfer_engine"),
+         Target("sglang.srt.distributed.device_communicators.mooncake_transfer_engine",
+                "MooncakeTransferEngine.batch_transfer_sync",
+                params=("self", "session_id", "buffers", "peer_buffer_addresses", "lengths")),
+         Target("sglang.srt.distributed.device_communicators.mooncake_transfer_engine",
+                "MooncakeTransferEngine", attrs=("get_session_id",)))),
+)
+
 USES: tuple[Use, ...] = HOOKS + REPLACED + READS
