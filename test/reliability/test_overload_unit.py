@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 import uvicorn
+import uvicorn.config
 
 from sglang_memserve.cluster import free_port
 from sglang_memserve.guard import RequestGuard
@@ -97,6 +98,7 @@ async def _slow_app(scope: Any, receive: Any, send: Any) -> None:
 def guarded() -> Iterator[str]:
     """uvicorn (h11, the launcher's read deadline of 1 s) serving the guard with 2 slots and a
     queue of 2 in front of :func:`_slow_app`, in a thread."""
+    saved = dict(uvicorn.config.HTTP_PROTOCOLS)
     assert install_deadline(1.0)
     app = RequestGuard(_slow_app, RequestLimits(), fields={"/generate": frozenset({"text"})},
                        overload=OverloadLimits(max_concurrent=2, max_queued=2,
@@ -113,6 +115,8 @@ def guarded() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+    uvicorn.config.HTTP_PROTOCOLS.clear()
+    uvicorn.config.HTTP_PROTOCOLS.update(saved)  # other tests' servers get uvicorn's own
 
 
 def _post(url: str) -> requests.Response:
