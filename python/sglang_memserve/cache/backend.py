@@ -25,6 +25,7 @@ from typing import Any
 from sglang.srt.mem_cache.registry import TreeCacheBuildContext, create_unified_radix_cache
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+from sglang_memserve.cache.api import InstanceApi
 from sglang_memserve.cache.bridge import SchedulerBridge
 from sglang_memserve.cache.index import IndexRecorder
 from sglang_memserve.cache.metrics import CacheMetrics
@@ -83,8 +84,12 @@ class MemServeRadixCache(UnifiedRadixCache):
                                          _Transport(pool.config),
                                          timeout_s=config.peer_timeout_s)
         handlers.update(self.memserve_peer.handlers())
-        self.memserve_control = RpcServer(config.instance_id, config.host, config.control_port,
-                                          handlers, slow_ops=frozenset({"kv_push"}))
+        api = InstanceApi(self, lambda fn: self.memserve_bridge.call(fn, config.peer_timeout_s),
+                          self.memserve_peer._on_push)
+        handlers.update(api.handlers())
+        self.memserve_control = RpcServer(
+            config.instance_id, config.host, config.control_port, handlers,
+            slow_ops=frozenset({"kv_push", "transfer_with_insert"}))
 
     def memserve_check(self) -> dict[str, Any]:
         """MemPool's integrity check over SGLang's memory (scheduler thread): per tier free,
@@ -173,6 +178,9 @@ class MemServeRadixCache(UnifiedRadixCache):
             "counters": self.memserve_metrics.counters.as_dict() if self.memserve_metrics else {},
             "peer": self.memserve_peer.stats.as_dict() if self.memserve_peer else {},
             "pending_transfers": self.memserve_peer.pending() if self.memserve_peer else 0,
+            "bridge": ({"failed_posts": self.memserve_bridge.failed_posts,
+                        "last_error": self.memserve_bridge.last_error}
+                       if self.memserve_bridge else {}),
         }
 
 

@@ -8,6 +8,7 @@ the scheduler's idle sleeper wakes an idle scheduler at once instead of after it
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -16,9 +17,20 @@ from typing import Any
 
 from sglang_memserve.mempool.errors import MemPoolError, TransferTimeout
 
+logger = logging.getLogger(__name__)
+
 
 class SchedulerBridge:
+    """Closures from other threads, run on the scheduler thread by :meth:`drain`.
+
+    A job that raises never reaches SGLang's loop: a :meth:`call`'s error goes to its caller
+    (typed: anything not a ``MemPoolError`` is wrapped in one), a :meth:`post`'s is logged and
+    counted in :attr:`failed_posts` / :attr:`last_error`.
+    """
+
     def __init__(self) -> None:
+        self.failed_posts = 0
+        self.last_error: str | None = None
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], _Slot | None]] = queue.SimpleQueue()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -69,10 +81,14 @@ class SchedulerBridge:
                 result = fn()
                 if slot is not None:
                     slot.result = result
-            except Exception as exc:  # handed to the caller; the scheduler keeps running
+            except Exception as exc:  # noqa: BLE001 -- the scheduler keeps running
                 if slot is None:
-                    raise
-                slot.error = exc if isinstance(exc, MemPoolError) else MemPoolError(repr(exc))
+                    self.failed_posts += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("MemServe: a posted scheduler job failed")
+                else:
+                    slot.error = exc if isinstance(exc, MemPoolError) else MemPoolError(
+                        f"{type(exc).__name__}: {exc}")
             finally:
                 if slot is not None:
                     slot.done.set()

@@ -43,6 +43,15 @@ class PageLocked(MemPoolError):
     """The operation would remove or move a page that a lock reference protects."""
 
 
+class InvalidRequest(MemPoolError):
+    """A control-channel request whose arguments are malformed (not token ids, no whole page,
+    not an endpoint). Nothing was changed."""
+
+
+class UnknownPrefix(MemPoolError):
+    """The tokens an index operation names are not cached. Nothing was changed."""
+
+
 class LayoutMismatch(MemPoolError):
     """Two page stores whose per-page segment layouts differ cannot exchange pages."""
 
