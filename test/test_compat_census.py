@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -32,6 +33,25 @@ def test_every_patch_applied_in_the_scheduler_of_a_real_server(
     assert not not_done
     assert all(e["targets"] and e["why"] for e in census.values())
     assert set(state["compat_patches"]) == {"torchvision", "sgl_kernel"} | set(runtime.PATCHES)
+
+
+@pytest.mark.skipif(not compat.needed(), reason="the CPU patches apply on CPU hosts only")
+def test_census_after_sglangs_plugin_loader_in_a_fresh_process() -> None:
+    code = ("import json\n"
+            "from sglang.srt.plugins import load_plugins\n"
+            "from sglang_memserve import compat\n"
+            "print('before', json.dumps(compat.census()))\n"
+            "load_plugins()\n"
+            "import sgl_kernel, torchvision\n"  # what SGLang's scheduler imports
+            "print('after', json.dumps(compat.census()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()
+                 if line.startswith(("before ", "after ")))
+    before, after = (json.loads(lines[k]) for k in ("before", "after"))
+    assert {e["status"] for e in before if e["kind"] == "runtime"} == {"pending"}
+    assert {e["name"]: e["status"] for e in after if e["status"] != _DONE[e["kind"]]} == {}
 
 
 def _load_plugins_after(breakage: str) -> subprocess.CompletedProcess[str]:

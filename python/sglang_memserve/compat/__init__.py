@@ -21,7 +21,6 @@ import logging
 import os
 from typing import Any
 
-from sglang_memserve.compat import census as _census
 from sglang_memserve.compat import imports, runtime, targets
 from sglang_memserve.compat.targets import PINNED_SGLANG, CompatError, Target, installed_sglang
 
@@ -62,7 +61,9 @@ def check() -> None:
             imports.apply()
             imports.check()
             runtime.apply()
-        _census.check_surface()
+        from sglang_memserve.compat.outcomes import check_surface
+
+        check_surface()
     finally:
         targets.forget_sources()  # the parsed files are not kept alive in a serving process
         if collecting:
@@ -86,8 +87,10 @@ def apply_runtime_patches() -> None:
 
 def census() -> list[dict[str, Any]]:
     """Each patch, hook and replaced or read SGLang internal, with its status in this process
-    and why it did not apply (see :mod:`.census`); reads only."""
-    return _census.census(needed())
+    and why it did not apply (see :mod:`.outcomes`); reads only."""
+    from sglang_memserve.compat import outcomes
+
+    return outcomes.census(needed())
 
 
 def applied() -> list[str]:

@@ -10,13 +10,16 @@ internal stops the server at start-up instead of turning a patch into a silent n
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
-import inspect
-import textwrap
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ast
+
+# NOTE: ast/inspect are imported where used: this module is imported at every interpreter start
+# on CPU hosts (compat/startup.py, through the .pth file), where only the finder is needed.
 
 # NOTE: the SGLang release every target was written against; scripts/install.sh pins the same
 # version (test_compat_targets.py keeps the two equal).
@@ -132,6 +135,8 @@ class Target:
         return obj
 
     def _check_signature(self, patch: str, obj: Any) -> None:
+        import inspect
+
         try:
             sig = inspect.signature(obj)
         except (TypeError, ValueError) as exc:
@@ -165,6 +170,8 @@ def _instance_attrs(cls: Any) -> set[str]:
 
 @functools.cache
 def _assigned_self_attrs(klass: type) -> frozenset[str]:
+    import ast
+
     node = _class_node(klass)
     names = set()
     for sub in ast.walk(node) if node is not None else ():
@@ -180,6 +187,9 @@ def _assigned_self_attrs(klass: type) -> frozenset[str]:
 
 def _class_node(klass: type) -> ast.ClassDef | None:
     """The class's definition in its module's syntax tree (each file is parsed once)."""
+    import ast
+    import inspect
+
     try:
         tree = _file_ast(inspect.getsourcefile(klass) or "")
     except (OSError, TypeError, SyntaxError):
@@ -201,6 +211,8 @@ def forget_sources() -> None:
 
 @functools.cache
 def _file_ast(path: str) -> ast.Module:
+    import ast
+
     with open(path, encoding="utf-8") as f:
         return ast.parse(f.read(), path)
 
@@ -208,6 +220,10 @@ def _file_ast(path: str) -> ast.Module:
 def _names_read(obj: Any) -> frozenset[str]:
     """Every name read in the source of ``obj`` (a module, class or function): loaded globals,
     attributes, and string constants (``getattr(x, "name")``)."""
+    import ast
+    import inspect
+    import textwrap
+
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError, SyntaxError):
