@@ -320,10 +320,14 @@ class Cluster:
                     "num_waiting_uncached_tokens")
             polled = {k: sum(float(x.get(k, 0) or 0) for x in loads) for k in keys}
             polled["token_usage"] /= len(loads)  # a mean over data-parallel ranks
+            # Ours that ended in flight, then ours still in flight (Load counts those from
+            # inflight, exactly): what is left is others' (ours routed after the instance
+            # answered are taken too: at worst, others' are undercounted).
+            own = gone_requests + w.inflight
             for key in ("num_waiting_reqs", "num_running_reqs"):   # waiting ones go first
-                took = min(gone_requests, polled[key])
+                took = min(own, polled[key])
                 polled[key] -= took
-                gone_requests -= took
+                own -= took
             w.polled = polled  # replaced, never changed in place: the load order watches it
             # Only what this router did not send (its own queue is pending_s already).
             waiting = (int(polled["num_waiting_uncached_tokens"]) - w.pending_tokens

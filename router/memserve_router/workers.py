@@ -62,7 +62,8 @@ class Worker:
         id: the name the trees and the metrics use (MemServe's instance id, else the URL).
         spec: how it was added. info: what it said of itself when it joined.
         healthy: in rotation. failures: consecutive failed health checks.
-        polled: its last ``/v1/loads`` core figures.
+        polled: its last ``/v1/loads`` core figures, the request counts less this router's
+            own requests in flight when the answer came (others' requests only).
         inflight: requests the router sent it that have not finished.
         pending_s: estimated prefill seconds of the requests the router sent it whose prefill
             has not finished (first byte not seen yet): the ``memserve`` policy's queue wait.
@@ -116,8 +117,8 @@ class Worker:
         return self.spec.bootstrap_port or self.info.bootstrap_port
 
     def load(self) -> Load:
-        """Its load as the policies see it: polled figures plus the router's own counts; the
-        queue wait is the router's estimate or, if longer, the polled one."""
+        """Its load as the policies see it: others' polled requests plus the router's own
+        in flight; the queue wait is the router's estimate plus others' polled queue."""
         return Load(
             running=int(self.polled.get("num_running_reqs", 0)),
             queued=int(self.polled.get("num_waiting_reqs", 0)),
@@ -160,7 +161,6 @@ def load_key(w: Worker, per_request_s: float) -> tuple[float, int, str]:
     ``per_request_s`` -- computed with the same float operations, so equal here is equal there.
     Read-only."""
     polled = w.polled
-    r = int(polled.get("num_running_reqs", 0)) + int(polled.get("num_waiting_reqs", 0))
-    if w.inflight > r:
-        r = w.inflight
+    r = (int(polled.get("num_running_reqs", 0)) + int(polled.get("num_waiting_reqs", 0))
+         + w.inflight)
     return ((w.pending_s + w.polled_wait_s) + r * per_request_s, r, w.id)

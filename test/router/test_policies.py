@@ -80,7 +80,7 @@ def test_bad_inputs_are_typed_errors():
 
 def test_load_requests_takes_the_fresher_count():
     assert Load(running=2, queued=3).requests == 5
-    assert Load(running=2, queued=3, inflight=9).requests == 9
+    assert Load(running=2, queued=3, inflight=9).requests == 14  # others' + ours
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

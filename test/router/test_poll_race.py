@@ -82,3 +82,22 @@ def test_other_routers_queue_still_counts() -> None:
               "num_waiting_uncached_tokens": 800, "token_usage": 0.2}, drain)
     assert w.polled["num_waiting_reqs"] == 1 and w.polled["num_running_reqs"] == 1
     assert w.polled_wait_s == TABLE.exec_time(600, 0)
+
+
+def test_our_request_that_ends_after_the_poll_is_not_counted_by_it() -> None:
+    """The poll counted our running request; it finishes right after the answer came: the
+    instance is idle at once (it looked busy until the next poll, which made an eager router
+    move a conversation off its idle holder: test_router_colocated's sticky-turns test)."""
+    w = _worker()
+    w.inflight = 1
+    _poll(w, {"num_running_reqs": 1, "num_waiting_reqs": 0,
+              "num_waiting_uncached_tokens": 0, "token_usage": 0.1}, lambda: None)
+    assert w.load().requests == 1  # ours, counted once
+    w.finished()
+    assert w.load().requests == 0
+    # Another client's request the poll saw still counts, beside ours.
+    w.inflight = 1
+    _poll(w, {"num_running_reqs": 2, "num_waiting_reqs": 0,
+              "num_waiting_uncached_tokens": 0, "token_usage": 0.1}, lambda: None)
+    w.inflight = 2  # and one more of ours routed since
+    assert w.load().requests == 3

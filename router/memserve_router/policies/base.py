@@ -24,10 +24,11 @@ class Load:
     """One instance's load, as the router sees it.
 
     Attributes:
-        running: requests running on the instance (polled from its load endpoint).
-        queued: requests waiting on the instance (polled).
+        running: requests running on the instance that this router did not send (polled from
+            its load endpoint, less this router's own in flight when the answer came).
+        queued: requests waiting there that this router did not send (polled, likewise).
         kv_usage: fraction of its KV pool in use (polled), 0..1.
-        inflight: router-side: requests sent to it and not yet finished (fresher than a poll).
+        inflight: router-side: requests sent to it and not yet finished (exact at any time).
         queue_wait_s: the router's estimate of seconds of prefill work queued ahead on it.
     """
 
@@ -44,9 +45,12 @@ class Load:
 
     @property
     def requests(self) -> int:
-        """Requests on the instance: the poll's count, or the router's own if that is higher
-        (requests routed since the last poll)."""
-        return max(self.running + self.queued, self.inflight)
+        """Requests on the instance: others' as of the last poll plus this router's own now.
+
+        NOTE: the router's own count is never taken from a poll, so one of its requests that
+        finishes just after a poll is not counted until the next (it made an idle instance
+        look busy, and an eager migration moved conversations off their holder)."""
+        return self.running + self.queued + self.inflight
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +312,7 @@ def least_loaded(candidates: Sequence[Candidate]) -> list[Candidate]:
     tied: list[Candidate] = []
     for c in candidates:        # inlined Load.requests: this runs once per candidate
         ld = c.load
-        r = ld.running + ld.queued
-        if ld.inflight > r:
-            r = ld.inflight
+        r = ld.running + ld.queued + ld.inflight
         if best_r < 0 or r < best_r or (r == best_r and ld.kv_usage < best_kv):
             best_r, best_kv, tied = r, ld.kv_usage, [c]
         elif r == best_r and ld.kv_usage == best_kv:

@@ -126,9 +126,7 @@ class MemServePolicy(Policy):
         for i, c in enumerate(candidates):              # the hot loop: inlined on purpose
             ld = c.load
             hit = c.hit_tokens if c.hit_tokens < x else x
-            r = ld.running + ld.queued
-            if ld.inflight > r:
-                r = ld.inflight
+            r = ld.running + ld.queued + ld.inflight
             b = ld.queue_wait_s + r * per_req          # what every option on c pays
             if c.host_tokens:
                 host = c.host_tokens if c.host_tokens < hit else hit
