@@ -525,6 +525,8 @@ def run(opts: SoakOptions) -> dict[str, Any]:
         # Malformed requests answered with a 5xx (a clear error, but not the 4xx they deserve).
         "malformed_5xx": sum(r.kind == "malformed" and isinstance(r.status, int)
                              and r.status >= 500 for r in soak.records),
+        "malformed_status": dict(Counter(str(r.status) for r in soak.records
+                                         if r.kind == "malformed")),
         "faults": [asdict(f) | {"start": round(f.start - soak.t0, 2),
                                 "end": round(f.end - soak.t0, 2)} for f in soak.faults],
         "checks": checks,
