@@ -364,7 +364,11 @@ class Router:
                                          timeout=timeout) as r:
                 data = await r.read()
                 if r.status != 200:
-                    return f"prefill {worker.id} answered HTTP {r.status}: {data[:300]!r}"
+                    err = _PrefillError(f"prefill {worker.id} answered HTTP {r.status}: "
+                                        f"{data[:300]!r}")
+                    if 400 <= r.status < 500:
+                        err.status = r.status  # it refused the request: the client's error
+                    return err
                 return None
         except (TimeoutError, aiohttp.ClientError) as exc:
             return f"prefill {worker.id} failed: {exc!r}"
@@ -389,7 +393,7 @@ class Router:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{worker.id}: {exc!r}") from exc
         except _PrefillFailed as exc:
-            return _error(502, str(exc))
+            return _error(exc.status, str(exc))
         try:
             if not stream or upstream.status != 200:
                 try:
@@ -397,7 +401,7 @@ class Router:
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise UpstreamError(f"{worker.id}: {exc!r}") from exc
                 except _PrefillFailed as exc:
-                    return _error(502, str(exc))
+                    return _error(exc.status, str(exc))
                 if first_byte is not None:
                     first_byte()
                 if upstream.status == 200:
@@ -605,8 +609,20 @@ class _Once:
             fn()
 
 
+class _PrefillError(str):
+    """A prefill failure's message; ``status`` is what the client gets: prefill's own 4xx when
+    it refused the request (a 502 there made a malformed request look like a server fault),
+    else 502."""
+
+    status: int = 502
+
+
 class _PrefillFailed(RuntimeError):
     """The prefill half of a PD request failed (its decode half is then abandoned)."""
+
+    @property
+    def status(self) -> int:
+        return getattr(self.args[0], "status", 502)
 
 
 async def _race(coro: Awaitable[Any], prefill: asyncio.Task | None) -> Any:

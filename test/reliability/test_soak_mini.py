@@ -36,4 +36,6 @@ def test_soak_miniature_with_faults(tmp_path: Path, tiny_model: Path) -> None:
         if isinstance(check, dict):
             assert check.get("ok", check.get("equal")), (name, check)
     assert report["verified"] > 0 and report["mismatched"] == 0, report
+    # Malformed requests prefill refuses get its 4xx through the PD router, not a 502.
+    assert "502" not in report["malformed_status"], report["malformed_status"]
     assert proc.returncode == 0, summary
