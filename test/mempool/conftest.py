@@ -8,8 +8,7 @@ import signal
 
 import mp_worker
 import pytest
-
-PS = 16
+from mp_worker import PS
 
 
 class Worker:

@@ -20,6 +20,9 @@ from sglang_memserve.mempool import (
     make_tensor_tier,
 )
 
+PS = 16  # tokens per page of the multi-process tests (here, not in conftest: several
+# test folders have a conftest module, so "from conftest import" picks whichever came first)
+
 LAYERS, HEADS, DIM = 2, 2, 64  # one 16-token page: 4 segments of 4 KiB
 
 

@@ -9,8 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import PS
-from mp_worker import checksums, fill, make_pool
+from mp_worker import PS, checksums, fill, make_pool
 
 from sglang_memserve.mempool import (
     MemberInfo,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import PS
-from mp_worker import checksums, fill, make_pool
+from mp_worker import PS, checksums, fill, make_pool
 
 from sglang_memserve.mempool import (
     LayoutMismatch,
