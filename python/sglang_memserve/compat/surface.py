@@ -148,4 +148,22 @@ READS += (
                 "MooncakeTransferEngine", attrs=("get_session_id",)))),
 )
 
+READS += (
+    Use("reads:mempool-api", "reads", "sglang_memserve.cache.api",
+        "MemPool's delete / swap_out / swap_in on a running instance drive SGLang's own tree "
+        "steps (demote, evict, back up, load back), so the tree and its pools stay consistent",
+        (Target(f"{_MEM}.unified_radix_cache", "UnifiedRadixCache",
+                attrs=("_apply_eviction_result", "_demote", "_drop_subtree_no_host",
+                       "_evict_device_leaf", "_execute_and_commit_kv_backup", "evict_host",
+                       "load_back", "loading_check", "ready_to_load_host_cache",
+                       "writing_check")),
+         Target(f"{_MEM}.unified_cache.unified_tree_core", "UnifiedTreeCore",
+                attrs=("_evict_host_leaf", "node_by_id")),
+         Target(f"{_MEM}.unified_cache.unified_tree_core", "UnifiedTreeCore._evict_host_leaf",
+                params=("self", "node", "tracker", "device_frees", "host_frees"),
+                keywords=("cache_actions",)),
+         Target(f"{_MEM}.unified_cache.unified_tree_core_interface",
+                "DriveHostEvictionResult"))),
+)
+
 USES: tuple[Use, ...] = HOOKS + REPLACED + READS
