@@ -54,6 +54,7 @@ compat.apply_import_patches()
 import aiohttp  # noqa: E402
 import requests  # noqa: E402
 
+from memserve_router.compare import instance_tree, router_tree  # noqa: E402
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess  # noqa: E402
 from sglang_memserve.pd.client import memserve_integrity  # noqa: E402
 from sglang_memserve.pd.cluster import PdCluster, PdOptions  # noqa: E402
@@ -427,25 +428,6 @@ def _score_faults(soak: Soak) -> None:
         rep.first_success_s = round(min(oks) - rep.start, 3) if oks else None
 
 
-def _own_tree(url: str, wid: str) -> dict:
-    from memserve_router.trees import GlobalTree
-    from sglang_memserve.mempool.events import EventApplier
-    from sglang_memserve.mempool.rpc import rpc_call
-
-    info = requests.get(f"{url}/server_info", timeout=30).json()
-    state = info["internal_states"][0]["memserve"]
-    snap = rpc_call(state["endpoints"]["control"], {"op": "snapshot"}, timeout_s=30)
-    tree = GlobalTree(int(state["page_size"]))
-    EventApplier(wid, tree).load_snapshot(snap)
-    return {(tuple(t for page in path for t in page), tier): pid
-            for path, tiers in tree.snapshot_of(wid).items() for tier, pid in tiers.items()}
-
-
-def _router_tree(router: str, wid: str) -> dict:
-    body = requests.get(f"{router}/workers/{wid}/tree", timeout=30).json()
-    return {(tuple(path), tier): pid for path, tier, pid in body["entries"]}
-
-
 def _checks(cluster: Cluster, wait_s: float = 30.0) -> dict[str, Any]:
     """Integrity of every instance and router tree == instance tree (polled until equal)."""
     out: dict[str, Any] = {}
@@ -458,7 +440,7 @@ def _checks(cluster: Cluster, wait_s: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                own, mirror = _own_tree(server.url, wid), _router_tree(cluster.router.url, wid)
+                own, mirror = instance_tree(server.url, wid), router_tree(cluster.router.url, wid)
                 equal = own == mirror
             except Exception as exc:  # noqa: BLE001
                 own, mirror, equal = {}, {}, False

@@ -14,10 +14,8 @@ import pytest
 import requests
 from router_helpers import generate, start_router, wait_for
 
-from memserve_router.trees import GlobalTree
+from memserve_router.compare import instance_tree, router_tree
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
-from sglang_memserve.mempool.events import EventApplier
-from sglang_memserve.mempool.rpc import rpc_call
 
 QUESTIONS = [
     "Explain why the sky is blue.", "Write a haiku about the sea.",
@@ -56,19 +54,12 @@ def colo(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _mirror(router: str, wid: str) -> dict:
-    body = requests.get(f"{router}/workers/{wid}/tree", timeout=10).json()
-    return {(tuple(path), tier): pid for path, tier, pid in body["entries"]}
+    return router_tree(router, wid, timeout_s=10)
 
 
 def _own(server: ServerProcess, wid: str) -> dict:
     """The instance's own tree (its MemPool snapshot), in the router mirror's terms."""
-    info = requests.get(f"{server.url}/server_info", timeout=10).json()
-    state = info["internal_states"][0]["memserve"]
-    snap = rpc_call(state["endpoints"]["control"], {"op": "snapshot"}, timeout_s=10)
-    tree = GlobalTree(int(state["page_size"]))
-    EventApplier(wid, tree).load_snapshot(snap)
-    return {(tuple(t for page in path for t in page), tier): pid
-            for path, tiers in tree.snapshot_of(wid).items() for tier, pid in tiers.items()}
+    return instance_tree(server.url, wid, timeout_s=10)
 
 
 def _assert_mirrors_exact(colo: Colo) -> None:
