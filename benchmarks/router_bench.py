@@ -103,8 +103,12 @@ def oracle_hit_rate(prompts: Sequence[Sequence[int]], page: int,
 
 # ---- replay ----------------------------------------------------------------------------------
 
+# memserve-router's explanation headers, kept per request (``--records``).
+_ROUTE_HEADERS = ("X-MemServe-Instance", "X-MemServe-Route", "X-MemServe-Migration")
+
+
 async def _one(session: aiohttp.ClientSession, url: str, i: int, ids: list[int], at: float,
-               t0: float, out: list[RequestRecord]) -> None:
+               t0: float, out: list[RequestRecord], routes: dict[int, dict[str, str]]) -> None:
     await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
     sent = time.perf_counter() - t0
     body = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 1}}
@@ -114,6 +118,7 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int, ids: list[int],
             data = await r.json(content_type=None)
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}: {str(data)[:200]}")
+            routes[i] = {h: r.headers[h] for h in _ROUTE_HEADERS if h in r.headers}
     except Exception as exc:  # noqa: BLE001 -- counted as failed
         out.append(RequestRecord(str(i), 0, sent, 0.0, 0.0, len(ids), 0, error=repr(exc)))
         return
@@ -124,13 +129,17 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int, ids: list[int],
 
 
 async def replay_trace(url: str, prompts: list[list[int]], arrivals: list[float],
-                       timeout_s: float = 600.0) -> list[RequestRecord]:
+                       timeout_s: float = 600.0,
+                       routes: dict[int, dict[str, str]] | None = None) -> list[RequestRecord]:
+    """Send every prompt at its arrival time (one output token); ``routes``, when given, gets
+    each answered request's memserve-router headers by request index."""
     out: list[RequestRecord] = []
+    routes = {} if routes is None else routes
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      connector=connector) as s:
         t0 = time.perf_counter()
-        await asyncio.gather(*(_one(s, url, i, p, a, t0, out)
+        await asyncio.gather(*(_one(s, url, i, p, a, t0, out, routes)
                                for i, (p, a) in enumerate(zip(prompts, arrivals, strict=True))))
     return out
 
@@ -234,9 +243,10 @@ def sharegpt_workload(a: argparse.Namespace, model: Path) -> tuple[list[list[int
 
 
 def _replay_through(name: str, servers: Sequence[ServerProcess], prompts: list[list[int]],
-                    arrivals: list[float], logs: Path) -> dict[str, Any]:
+                    arrivals: list[float], logs: Path, rnd: int = 0) -> dict[str, Any]:
     """Start router configuration ``name`` in front of ``servers`` (their caches flushed first),
-    replay the requests through it, stop it; returns the replay's summary."""
+    replay the requests through it, stop it; returns the replay's summary. Each request's
+    record (and memserve-router's route headers) goes to ``logs/<name>-r<rnd>.jsonl``."""
     for s in servers:
         requests.post(f"{s.url}/flush_cache", timeout=30)
     label, args = ROUTERS[name]
@@ -252,8 +262,14 @@ def _replay_through(name: str, servers: Sequence[ServerProcess], prompts: list[l
         inst_pids = [s.proc.pid for s in servers if s.proc is not None]
         cpu0 = (_tree_cpu_s(inst_pids), _tree_cpu_s([proc.proc.pid]))
         t0 = time.perf_counter()
-        records = asyncio.run(replay_trace(url, prompts, arrivals))
+        routes: dict[int, dict[str, str]] = {}
+        records = asyncio.run(replay_trace(url, prompts, arrivals, routes=routes))
         wall = time.perf_counter() - t0
+        with open(logs / f"{name}-r{rnd}.jsonl", "w") as f:
+            for r in sorted(records, key=lambda r: int(r.conv_id)):
+                f.write(json.dumps({"i": int(r.conv_id), "sent": r.sent_at, "ttft": r.ttft,
+                                    "prompt": r.prompt_tokens, "cached": r.cached_tokens,
+                                    "error": r.error, **routes.get(int(r.conv_id), {})}) + "\n")
         # Where the 2 cores went: the router's own CPU competes with the instances'.
         summary = summarize(records) | {
             "wall_s": wall, "label": label,
@@ -296,7 +312,7 @@ def run_hits(a: argparse.Namespace) -> None:
                 s.start(timeout=300)
             for rnd in range(a.rounds):
                 for name in round_order(a.routers, rnd):
-                    summary = _replay_through(name, servers, prompts, arrivals, logs)
+                    summary = _replay_through(name, servers, prompts, arrivals, logs, rnd)
                     summary["round"] = rnd
                     size["configs"].setdefault(name, []).append(summary)
                     print(f"  round {rnd} {summary['label']:40s} hit {summary['hit_rate']:.3f}  "
