@@ -67,7 +67,9 @@ class EngineMemPool(MemPool):
         self.engine = engine
         # NOTE: a report may name a node whose ancestors were never reported in whole pages
         # (set_loc then creates them location-less), so location-less nodes are allowed.
-        self.tree = RadixTree(config.page_size, allow_empty=True, hashed=events is not None)
+        # Always hashed (even with no publisher): the engine names a run's parent by its chain
+        # hash (placed_after), so a report costs its own pages, not the depth.
+        self.tree = RadixTree(config.page_size, allow_empty=True, hashed=True)
 
     # ---- the engine's reports (engine thread) ---------------------------------------------
 
@@ -94,35 +96,37 @@ class EngineMemPool(MemPool):
                      ids: Sequence[int], skip: int = 0) -> None:
         """:meth:`placed` for an engine that names the run's parent by its chain hash
         (:mod:`.chainhash`) instead of building the full path: ``pages[skip:]`` (after the
-        path hashing to ``parent_hash``) are now held in ``tier`` by ``ids``.
+        path hashing to ``parent_hash``) are now held in ``tier`` by ``ids``. Costs
+        O(len(pages)) whatever the depth: the index is found by hash, the event names the
+        parent by it.
 
         Raises:
             KeyError: no page of the index hashes to ``parent_hash`` (or several do): call
-                :meth:`placed` with the full path instead.
+                :meth:`placed` with the full path instead. Nothing changed.
         """
+        if skip >= len(pages):
+            return
         with self._lock:
-            path = self._path_of_hash(parent_hash)
-            self.placed(path + list(pages), len(path) + skip, tier, ids)
+            change, _ = self.tree.set_loc_after(parent_hash, list(pages), skip, tier, ids)
+            self._in_use[tier].difference_update(ids)
+            self._emit([change])
 
     def dropped_after(self, parent_hash: int, pages: list[PageKey], tier: str) -> None:
-        """:meth:`dropped` with the parent named by its chain hash (see :meth:`placed_after`)."""
-        with self._lock:
-            path = self._path_of_hash(parent_hash)
-            self.dropped(path + list(pages), len(path), tier)
+        """:meth:`dropped` with the parent named by its chain hash (see :meth:`placed_after`):
+        ``pages`` after the path hashing to ``parent_hash`` are no longer held in ``tier``.
 
-    def _path_of_hash(self, h: int) -> list[PageKey]:
-        if not self.tree.hashed:
-            raise KeyError("this pool's index is not hashed (it has no event publisher)")
-        where = self.tree.locate(h)
-        if where is None:
-            raise KeyError(f"no page of {self.instance_id!r}'s index hashes to {h:#x}")
-        return self.tree.path_to(*where)
+        Raises:
+            KeyError: as :meth:`placed_after`.
+        """
+        with self._lock:
+            change = self.tree.drop_loc_after(parent_hash, list(pages), tier)
+            if change is not None:
+                self._emit([change])
 
     def engine_cleared(self) -> None:
         """The engine dropped its whole tree."""
         with self._lock:
-            self.tree = RadixTree(self.config.page_size, allow_empty=True,
-                                  hashed=self.events is not None)
+            self.tree = RadixTree(self.config.page_size, allow_empty=True, hashed=True)
             if self.events is not None:
                 self.events.publish([{"type": "cleared"}])
 

@@ -66,6 +66,11 @@ class Change:
     A hashed tree also fills ``anchor`` (``path[:anchor]`` was in the tree before the change;
     ``anchor <= start``, less only when a stored run created location-less ancestors),
     ``parent_hash`` (chain hash of ``path[:anchor]``) and ``end_hash`` (of ``path``).
+
+    A change made relative to a page named by its hash (:meth:`RadixTree.set_loc_after`,
+    :meth:`RadixTree.drop_loc_after`) has ``prefix_hash`` set: ``path`` then holds only the
+    pages after that page (whose chain hash is ``prefix_hash``), so building it costs the pages
+    it changes, not the depth; ``start`` and ``anchor`` index that ``path``.
     """
 
     kind: str
@@ -76,6 +81,7 @@ class Change:
     anchor: int | None = None
     parent_hash: int | None = None
     end_hash: int | None = None
+    prefix_hash: int | None = None
 
 
 @dataclass
@@ -162,12 +168,8 @@ class RadixTree:
         n = self._by_hash.get(h)
         if n is None:
             return None
-        return n, n.hashes.index(h)
-
-    def path_to(self, node: Node, index: int) -> list[PageKey]:
-        """Full page path from the root to page ``index`` of ``node`` (``[]`` for the root)."""
-        p = self.path_of(node)
-        return p[: len(p) - len(node.pages) + index + 1]
+        # A run most often hangs below the end of a node: found without scanning its hashes.
+        return n, (len(n.hashes) - 1 if n.hashes[-1] == h else n.hashes.index(h))
 
     def _change(self, kind: str, loc: Loc, node: Node, ids: list[int],
                 path: list[PageKey] | None = None) -> Change:
@@ -202,8 +204,10 @@ class RadixTree:
         upper.children[node.pages[0]] = node
         return upper
 
-    def _cover(self, path: list[PageKey], *, create: bool, cut: int = 0) -> list[Node] | None:
-        """Nodes that exactly cover ``path`` (splitting at its end and at page index ``cut``).
+    def _cover(self, path: list[PageKey], *, create: bool, cut: int = 0,
+               base: Node | None = None) -> list[Node] | None:
+        """Nodes that exactly cover ``path`` below the end of ``base`` (the root if ``None``),
+        splitting at its end and at page index ``cut``.
 
         Missing pages become one new node (with no locations) if ``create``; otherwise
         ``None`` is returned when the path is not fully present. Splits happen only once the
@@ -211,11 +215,12 @@ class RadixTree:
         ``self._created_at`` is set to the index of the first page that was missing
         (``len(path)`` if none).
         """
+        base = self.root if base is None else base
         self._created_at = len(path)
-        if not create and self.match_pages(path).num_pages < len(path):
+        if not create and self._present_after(base, len(base.pages), path) < len(path):
             return None
         out: list[Node] = []
-        node, i = self.root, 0
+        node, i = base, 0
         while i < len(path):
             child = node.children.get(path[i])
             if child is None:
@@ -236,6 +241,41 @@ class RadixTree:
             out.append(child)
             node, i = child, i + k
         return out
+
+    def _present_after(self, node: Node, k: int, path: Sequence[PageKey]) -> int:
+        """How many pages of ``path`` follow page ``k - 1`` of ``node`` in the tree (``k =
+        len(node.pages)``: its end). Changes nothing; visits only those pages."""
+        i = 0
+        while i < len(path):
+            if k == len(node.pages):
+                child = node.children.get(path[i])
+                if child is None:
+                    break
+                node, k = child, 0
+            if node.pages[k] != path[i]:
+                break
+            i, k = i + 1, k + 1
+        return i
+
+    def _node_ending_at(self, h: int, then: Sequence[PageKey] | None = None) -> Node | None:
+        """The node ending at the page that hashes to ``h`` in a hashed tree (the root for
+        ``SEED``), splitting the page's node after it if it is inside one. With ``then``: only
+        if all of ``then`` follows that page in the tree, else ``None`` and nothing split.
+
+        Raises:
+            KeyError: no page hashes to ``h``, or several do (a collision).
+        """
+        if not self.hashed:
+            raise KeyError("this tree is not hashed: name the path by its pages")
+        where = self.locate(h)
+        if where is None:
+            raise KeyError(f"no page (or several) of the index hashes to {h:#x}")
+        n, idx = where
+        if then is not None and self._present_after(n, idx + 1, then) < len(then):
+            return None
+        if idx + 1 < len(n.pages):
+            n = self._split(n, idx + 1)
+        return n
 
     # ---- read-only -----------------------------------------------------------------------
 
@@ -334,9 +374,37 @@ class RadixTree:
         if not 0 <= start < len(path) or len(page_ids) != len(path) - start:
             raise ValueError(f"{len(page_ids)} page ids for pages [{start}:{len(path)}]")
         nodes = self._cover(path, create=True, cut=start)
+        return self._placed(nodes, path, start, loc, page_ids, SEED)
+
+    def set_loc_after(self, parent_hash: int, pages: list[PageKey], start: int, loc: Loc,
+                      page_ids: Sequence[int]) -> tuple[Change, list[Node]]:
+        """:meth:`set_loc` for the path ``P + pages``, ``P`` being the tree's path that hashes
+        to ``parent_hash`` (hashed trees): ``pages[start:]`` are now held by ``page_ids`` in
+        ``loc``. Costs O(len(pages)) whatever the depth of ``P`` (plus splitting the node that
+        ``P`` ends inside, if it does).
+
+        Returns:
+            As :meth:`set_loc`; the change's ``path`` is ``pages`` (``prefix_hash`` set).
+
+        Raises:
+            KeyError: no page (or several) hashes to ``parent_hash``; nothing changed.
+            ValueError: ``start`` or the number of ids does not fit ``pages``.
+        """
+        if not 0 <= start < len(pages) or len(page_ids) != len(pages) - start:
+            raise ValueError(f"{len(page_ids)} page ids for pages [{start}:{len(pages)}]")
+        base = self._node_ending_at(parent_hash)
+        nodes = self._cover(pages, create=True, cut=start, base=base)
+        c, run = self._placed(nodes, pages, start, loc, page_ids, parent_hash)
+        c.prefix_hash = parent_hash
+        return c, run
+
+    def _placed(self, nodes: list[Node], path: list[PageKey], start: int, loc: Loc,
+                page_ids: Sequence[int], base_hash: int) -> tuple[Change, list[Node]]:
+        """Set ``loc`` on the ``nodes`` covering ``path[start:]`` (``path`` follows the page
+        hashing to ``base_hash``); the ``stored`` change and those nodes."""
         anchor = min(start, self._created_at)
         run: list[Node] = []
-        i, parent_hash = 0, SEED
+        i, parent_hash = 0, base_hash
         for n in nodes:
             k = len(n.pages)
             if i >= start:
@@ -362,6 +430,31 @@ class RadixTree:
         nodes = self._cover(path, create=False, cut=start)
         if nodes is None or start >= len(path):
             return None
+        return self._dropped(nodes, path, start, loc)
+
+    def drop_loc_after(self, parent_hash: int, pages: list[PageKey], loc: Loc
+                       ) -> Change | None:
+        """:meth:`drop_loc` of ``P + pages`` from ``len(P)`` on, ``P`` being the tree's path
+        that hashes to ``parent_hash`` (hashed trees). Costs O(len(pages)) whatever the depth.
+
+        Returns:
+            As :meth:`drop_loc`; the change's ``path`` is ``pages`` (``prefix_hash`` set).
+
+        Raises:
+            KeyError: no page (or several) hashes to ``parent_hash``; nothing changed.
+        """
+        if not pages:
+            return None
+        base = self._node_ending_at(parent_hash, then=pages)
+        if base is None:
+            return None
+        nodes = self._cover(pages, create=False, base=base)
+        c = self._dropped(nodes, pages, 0, loc)
+        c.prefix_hash = parent_hash
+        return c
+
+    def _dropped(self, nodes: list[Node], path: list[PageKey], start: int, loc: Loc) -> Change:
+        """Drop ``loc`` from the ``nodes`` covering ``path[start:]`` and prune; the change."""
         c = Change("removed", loc, path, start, [])
         i = 0
         for n in nodes:
