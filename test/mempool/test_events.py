@@ -10,6 +10,7 @@ import pytest
 
 from sglang_memserve.mempool import (
     EVENT_FORMAT_VERSION,
+    DetachedEngine,
     EngineMemPool,
     EventApplier,
     EventFormatError,
@@ -24,6 +25,7 @@ from sglang_memserve.mempool import (
 )
 from sglang_memserve.mempool.capture import CapturingPublisher
 from sglang_memserve.mempool.chainhash import SEED, chain, page_hash
+from sglang_memserve.mempool.churn import churn as random_churn
 from sglang_memserve.mempool.events import HashCollision, HashMismatch, RadixSink, UnknownParent
 
 PS = 4
@@ -66,31 +68,7 @@ def drain(m: TreeMirror, pool: MemPool) -> None:
 
 
 def churn(pool: MemPool, rng: random.Random, steps: int) -> None:
-    for _ in range(steps):
-        op = rng.random()
-        toks = [rng.randrange(3) for _ in range(rng.randrange(0, 6) * PS)]
-        if op < 0.5:
-            tier = rng.choice(["device", "host"])
-            n = len(toks) // PS
-            try:
-                pages = pool.alloc_mem(n, tier)
-            except Exception:
-                continue
-            r = pool.insert(toks, pages, tier)
-            pool.free_mem(r.duplicates, tier)
-        elif op < 0.65:
-            pool.delete(toks)
-        elif op < 0.8:
-            pool.evict(rng.randrange(1, 4), rng.choice(["device", "host"]))
-        elif op < 0.9:
-            try:
-                pool.replicate(toks)
-            except Exception:
-                pass
-        elif op < 0.95:
-            pool.resize("device", rng.randrange(16, 33))
-        else:
-            pool.clear()
+    random_churn(pool, rng, steps, max_pages=6, resize=(16, 33))
 
 
 def test_event_stream_replay_equals_pool_tree(pool):
@@ -198,16 +176,6 @@ def test_two_instances_share_one_mirror_tree():
 Captured = CapturingPublisher
 
 
-class NullEngine:
-    def evictable_pages(self, tier: str) -> int:
-        return 0
-
-    def evict(self, tier: str, num_pages: int) -> int:
-        return 0
-
-    def cached_page_ids(self, tier: str) -> set[int]:
-        return set()
-
 
 def follow(pool: MemPool) -> tuple[EventApplier, RadixTree]:
     tree = RadixTree(PS, allow_empty=True)
@@ -249,7 +217,7 @@ def test_v2_engine_pool_with_location_less_ancestors():
     pool = EngineMemPool(MemPoolConfig(page_size=PS), "e",
                          {"device": make_tensor_tier("device", 256, PS, page_nbytes=8),
                           "host": make_tensor_tier("host", 256, PS, page_nbytes=8)},
-                         NullEngine(), events=Captured("e"))
+                         DetachedEngine(), events=Captured("e"))
     a, tree = follow(pool)
     rng = random.Random(3)
     held: list = []

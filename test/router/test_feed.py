@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from memserve_router.feed import EventFeed
 from memserve_router.trees import DEVICE, GlobalTree
 from sglang_memserve.mempool import EventPublisher, MemPool, MemPoolConfig, make_tensor_tier
+from sglang_memserve.mempool.churn import churn as random_churn
 
 PS = 4
 
@@ -27,29 +28,7 @@ def make_pool(name: str, *, control_port: int = 0, events_port: int = 0,
 
 
 def churn(pool: MemPool, rng: random.Random, steps: int, system: list[int]) -> None:
-    for _ in range(steps):
-        op = rng.random()
-        toks = system[: rng.randrange(len(system) + 1)] + [
-            rng.randrange(3) for _ in range(rng.randrange(0, 5) * PS)]
-        toks = toks[: len(toks) // PS * PS]
-        if op < 0.55:
-            tier = rng.choice(["device", "host"])
-            try:
-                pages = pool.alloc_mem(len(toks) // PS, tier)
-            except Exception:
-                continue
-            pool.free_mem(pool.insert(toks, pages, tier).duplicates, tier)
-        elif op < 0.7:
-            pool.delete(toks)
-        elif op < 0.85:
-            pool.evict(rng.randrange(1, 4), rng.choice(["device", "host"]))
-        elif op < 0.98:
-            try:
-                pool.replicate(toks)
-            except Exception:
-                pass
-        else:
-            pool.clear()
+    random_churn(pool, rng, steps, prefix=system)
 
 
 async def until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -13,6 +13,7 @@ from sglang_memserve.mempool import (
     make_tensor_tier,
 )
 from sglang_memserve.mempool.capture import CapturingPublisher
+from sglang_memserve.mempool.churn import random_change
 
 PS = 4
 
@@ -178,26 +179,7 @@ def test_tree_fed_by_several_pools_equals_each_pool():
     system = [rng.randrange(3) for _ in range(3 * PS)]
     for _ in range(400):
         p = rng.choice(pools)
-        toks = random_prompt(rng, system)
-        op = rng.random()
-        if op < 0.55:
-            tier = rng.choice(["device", "host"])
-            try:
-                pages = p.alloc_mem(len(toks) // PS, tier)
-            except Exception:
-                continue
-            p.free_mem(p.insert(toks, pages, tier).duplicates, tier)
-        elif op < 0.7:
-            p.delete(toks)
-        elif op < 0.85:
-            p.evict(rng.randrange(1, 4), rng.choice(["device", "host"]))
-        elif op < 0.97:
-            try:
-                p.replicate(toks)
-            except Exception:
-                pass
-        else:
-            p.clear()
+        random_change(p, rng, random_prompt(rng, system))
         for pool, a in zip(pools, appliers, strict=True):
             for m in pool.events.messages:
                 a.apply_message(m)
