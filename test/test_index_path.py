@@ -18,6 +18,7 @@ from sglang.srt.mem_cache.events import KVCacheEventRecorder
 import sglang_memserve
 from sglang_memserve.cache.index import IndexRecorder, node_page_path, node_run
 from sglang_memserve.mempool import (
+    DetachedEngine,
     EngineMemPool,
     EventApplier,
     MemPoolConfig,
@@ -125,22 +126,12 @@ PS = 16
 MEDIUM = {"device": StorageMedium.GPU, "host": StorageMedium.CPU}
 
 
-class _NoEngine:
-    def evictable_pages(self, tier: str) -> int:
-        return 0
-
-    def evict(self, tier: str, num_pages: int) -> int:
-        return 0
-
-    def cached_page_ids(self, tier: str) -> set[int]:
-        return set()
-
 
 def _recorder(events: CapturingPublisher | None = None) -> IndexRecorder:
     pool = EngineMemPool(MemPoolConfig(page_size=PS), "i0",
                          {"device": make_tensor_tier("device", 8, PS, page_nbytes=8),
                           "host": make_tensor_tier("host", 8, PS, page_nbytes=8)},
-                         _NoEngine(), events=events)
+                         DetachedEngine(), events=events)
     return IndexRecorder(KVCacheEventRecorder(enabled=False, page_size=PS), pool,
                          lambda node, tier: list(node.ids))
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from sglang.srt.mem_cache.events import KVCacheEventRecorder
 
 from sglang_memserve.cache.index import IndexRecorder
-from sglang_memserve.mempool import EngineMemPool, EventPublisher, MemPoolConfig
+from sglang_memserve.mempool import DetachedEngine, EngineMemPool, EventPublisher, MemPoolConfig
 from sglang_memserve.mempool.tensor_tier import make_tensor_tier
 
 PS = 16
@@ -33,16 +33,6 @@ class _Key:
         return len(self.token_ids)
 
 
-class _NoEngine:
-    def evictable_pages(self, tier: str) -> int:
-        return 0
-
-    def evict(self, tier: str, num_pages: int) -> int:
-        return 0
-
-    def cached_page_ids(self, tier: str) -> set[int]:
-        return set()
-
 
 def us_per_event(path_pages: int, events: int) -> float:
     """Mean over ``events`` stores of one new page each below a ``path_pages``
@@ -50,7 +40,7 @@ def us_per_event(path_pages: int, events: int) -> float:
     pub = EventPublisher("bench", auth=None)
     pool = EngineMemPool(MemPoolConfig(page_size=PS), "bench",
                          {"device": make_tensor_tier("device", 8, PS, page_nbytes=8)},
-                         _NoEngine(), events=pub)
+                         DetachedEngine(), events=pub)
     ids = itertools.count()
     rec = IndexRecorder(KVCacheEventRecorder(enabled=False, page_size=PS), pool,
                         lambda node, tier: [next(ids) for _ in range(len(node.key) // PS)])

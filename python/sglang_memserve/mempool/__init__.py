@@ -21,7 +21,7 @@ Modules (one per concern):
 """
 
 from .config import MemPoolConfig
-from .engine import Engine, EngineMemPool, EngineOwned
+from .engine import DetachedEngine, Engine, EngineMemPool, EngineOwned
 from .errors import (
     CapacityError,
     IntegrityError,
@@ -60,6 +60,7 @@ from .transfer import TransferAgent
 
 __all__ = [
     "EVENT_FORMAT_VERSION",
+    "DetachedEngine",
     "Engine",
     "EngineMemPool",
     "EngineOwned",

@@ -46,6 +46,20 @@ class Engine(Protocol):
         """Page ids of ``tier`` the engine's tree holds. Changes nothing."""
 
 
+class DetachedEngine:
+    """An :class:`Engine` with no tree behind it: nothing to evict, no cached pages. For
+    driving an :class:`EngineMemPool`'s index by hand (tests, benchmarks); changes nothing."""
+
+    def evictable_pages(self, tier: str) -> int:
+        return 0
+
+    def evict(self, tier: str, num_pages: int) -> int:
+        return 0
+
+    def cached_page_ids(self, tier: str) -> set[int]:
+        return set()
+
+
 class EngineOwned(MemPoolError):
     """An index mutation was asked of a pool whose index only its engine changes."""
 
