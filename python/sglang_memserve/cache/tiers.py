@@ -40,14 +40,6 @@ class _SlotAllocator(PageAllocator):
         self._capacity = inner.size // inner.page_size
 
     @property
-    def base(self) -> int:
-        return self._base
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
     def max_capacity(self) -> int:
         return self._capacity
 

@@ -34,14 +34,6 @@ class FreeListAllocator(PageAllocator):
         self._free: set[int] = set(range(base, base + capacity))
 
     @property
-    def base(self) -> int:
-        return self._base
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
     def max_capacity(self) -> int:
         return self._max
 

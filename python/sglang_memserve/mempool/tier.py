@@ -115,17 +115,22 @@ class PageAllocator(abc.ABC):
 
     The allocator does not know who uses an allocated page (the pool tracks that). ``capacity``
     is elastic between 0 and ``max_capacity`` (the physical pages behind it).
+
+    Subclasses set ``_base`` and ``_capacity`` (``resize`` keeps the latter current).
     """
 
-    @property
-    @abc.abstractmethod
-    def base(self) -> int:
-        """First page id this allocator manages (SGLang: 1, page 0 is padding)."""
+    _base: int
+    _capacity: int
 
     @property
-    @abc.abstractmethod
+    def base(self) -> int:
+        """First page id this allocator manages (SGLang: 1, page 0 is padding)."""
+        return self._base
+
+    @property
     def capacity(self) -> int:
         """Pages currently managed: ids ``range(base, base + capacity)``."""
+        return self._capacity
 
     @property
     @abc.abstractmethod
