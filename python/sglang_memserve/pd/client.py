@@ -32,15 +32,14 @@ def hit_tokens(url: str) -> int:
 
 def memserve_integrity(url: str, timeout: float = 30.0) -> dict[str, dict[str, int]]:
     """Run the instance's MemPool integrity check (on its scheduler thread) and return, per tier,
-    ``free``/``cached``/``in_use``/``engine``/``capacity`` pages.
+    ``free``/``cached``/``in_use``/``engine``/``capacity`` pages: :meth:`MemPoolClient.integrity
+    <sglang_memserve.mempool.client.MemPoolClient.integrity>` of the instance at ``url``.
 
     Raises:
+        RuntimeError: the server has no MemServe control channel.
         MemPoolError: the check failed (an ``IntegrityError`` on the instance), or no control
             channel answered.
     """
-    from sglang_memserve.mempool.rpc import rpc_call
+    from sglang_memserve.mempool.client import MemPoolClient
 
-    control = (memserve_state(url).get("endpoints") or {}).get("control")
-    if not control:
-        raise RuntimeError(f"{url} has no MemServe control channel")
-    return rpc_call(control, {"op": "integrity"}, timeout_s=timeout)["counts"]
+    return MemPoolClient.from_url(url, timeout_s=timeout).integrity()
