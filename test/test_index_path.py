@@ -118,6 +118,7 @@ def test_split_child_keeps_its_pages_and_moves_its_start() -> None:
     head = _split(b, 4)
     assert node_run(b, 4) == (_hash_of(pages[:3]), 3, pages[3:], _hash_of(pages))
     assert node_run(head, 4) == (_hash_of(pages[:2]), 2, pages[2:3], _hash_of(pages[:3]))
+    assert node_run(root, 4) == (SEED, 0, [], SEED)
 
 
 # ---- the recorder driving an EngineMemPool ---------------------------------------------------

@@ -86,6 +86,8 @@ def node_run(node: Any, page_size: int) -> NodeRun:
     once the ancestors' entries are cached (they are after their own first event). May set the
     entry of ``node`` and of ancestors that lack a valid one.
     """
+    if node.parent is None:  # the root covers nothing
+        return NodeRun(SEED, 0, [], SEED)
     before, parent_hash = _node_end(node.parent, page_size)
     pages = _own_pages(node, before, page_size)
     c = getattr(node, _END_ATTR, None)
