@@ -21,6 +21,21 @@ CACHE_MODES: tuple[str, ...] = ("memserve", "stock", "off")
 ENV_VAR = "MEMSERVE_CONFIG"
 
 
+def control_endpoint(spec: str) -> str:
+    """``HOST:PORT`` or ``tcp://HOST:PORT`` as the control endpoint ``tcp://HOST:PORT``.
+
+    Raises:
+        ValueError: not that shape, or the port is not in 1..65535.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"a peer is a HOST:PORT string, not {spec!r}")
+    rest = spec.strip().removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad peer {spec!r}: expected HOST:PORT or tcp://HOST:PORT")
+    return f"tcp://{host}:{int(port)}"
+
+
 @dataclass(frozen=True)
 class MemServeConfig:
     """Per-instance MemServe settings.
@@ -45,6 +60,8 @@ class MemServeConfig:
             the environment's setting, if any.
         max_body_bytes, max_n: the launcher's request guard's bounds (``--max-payload-size``,
             ``--max-n``; :class:`~sglang_memserve.validate.RequestLimits`).
+        peers: control endpoints (``tcp://HOST:PORT``) this instance may push KV to
+            (``--mempool-peers``; ``kv_return_peer`` is one implicitly); None: any.
     """
 
     role: Role = "colocated"
@@ -60,6 +77,7 @@ class MemServeConfig:
     secret_file: str | None = None
     max_body_bytes: int = RequestLimits.max_body_bytes
     max_n: int = RequestLimits.max_n
+    peers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -69,6 +87,10 @@ class MemServeConfig:
         if self.host_pool_ratio < 0:
             raise ValueError(f"host_pool_ratio must be >= 0, got {self.host_pool_ratio}")
         self.limits  # noqa: B018 -- validates them
+        if self.peers is not None:  # normalized here: from_env hands a JSON list back
+            extra = (self.kv_return_peer,) if self.kv_return_peer else ()
+            object.__setattr__(self, "peers", tuple(dict.fromkeys(
+                control_endpoint(p) for p in (*self.peers, *extra))))
 
     @property
     def limits(self) -> RequestLimits:

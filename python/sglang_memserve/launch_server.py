@@ -77,6 +77,12 @@ def memserve_parser() -> argparse.ArgumentParser:
                         "(PD-Caching-3; needs --disaggregation-decode-enable-radix-cache)")
     g.add_argument("--kv-return-peer", default=None,
                    help="decode: control endpoint to return KV to (default: from the request)")
+    g.add_argument("--mempool-peers", default=None, metavar="HOST:PORT,...",
+                   help="the control endpoints this instance may push KV to (decode's KV "
+                        "return, the router's migrations); a push to any other address is "
+                        "refused with UnknownPeer and nothing is sent. --kv-return-peer counts "
+                        "as one. Hosts are compared as written. Default: any address (with a "
+                        "secret, a destination must still sign its replies)")
     g.add_argument("--no-sleep-on-idle", action="store_true",
                    help="CPU hosts: do not add SGLang's --sleep-on-idle (idle schedulers then "
                         "busy-poll a core)")
@@ -207,6 +213,8 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
         secret_file=secret_file,
         max_body_bytes=ms.max_payload_size,
         max_n=ms.max_n,
+        peers=None if ms.mempool_peers is None else tuple(
+            p for p in ms.mempool_peers.split(",") if p.strip()),
     )
     return config, sg, env
 

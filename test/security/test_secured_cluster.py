@@ -1,12 +1,18 @@
 """A 1P1D cluster (real prefill, decode and memserve-router processes, PD-Caching-3) started with
 ``--mempool-secret-file`` everywhere: no process of it listens outside 127.0.0.1; the router's
 signed snapshots and decode's signed KV return work; unsigned, wrong-key and replayed control
-requests to the prefill instance are refused with a typed error; the cluster keeps serving."""
+requests to the prefill instance are refused with a typed error; the cluster keeps serving.
+Both instances run with ``--mempool-peers`` (each other's control endpoint, and on prefill a decoy
+that does not hold the secret): a push to an unregistered address is refused with UnknownPeer and
+nothing reaches it; a push to the registered decoy fails on its unsigned reply before any KV is
+written; pushes between the two instances still work."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +24,56 @@ import zmq
 from socket_audit import Listener, listeners, outside, tree_pids
 
 from sglang_memserve.mempool.auth import AuthError, ControlAuth
+from sglang_memserve.mempool.errors import UnknownPeer
 from sglang_memserve.mempool.rpc import rpc_call
 from sglang_memserve.pd import PdCluster, PdOptions
+from sglang_memserve.pd.cluster import free_ports
 
 HOST = "127.0.0.1"
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
 PROMPT = list(range(10, 90))
 
 
+class Listener0mq:
+    """A ZMQ ROUTER on loopback that records every request and answers it like a destination
+    that does not hold the secret (an unsigned, plausible ``kv_prepare`` reply)."""
+
+    def __init__(self, port: int) -> None:
+        self.endpoint = f"tcp://{HOST}:{port}"
+        self.ops: list[str] = []
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(self.endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._sock.poll(100):
+                continue
+            frames = self._sock.recv_multipart()
+            try:
+                msg = orjson.loads(frames[-1])
+                self.ops.append(str(msg.get("op")))
+            except orjson.JSONDecodeError:
+                self.ops.append("?")
+                continue
+            reply = {"ok": True, "txn": msg.get("txn"), "skip": 0, "pages": [1],
+                     "segment": f"{HOST}:1", "layout": {}}
+            self._sock.send_multipart([frames[0], b"", orjson.dumps(reply)])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close(0)
+
+
 class Secured:
-    def __init__(self, pd: PdCluster, auth: ControlAuth) -> None:
+    def __init__(self, pd: PdCluster, auth: ControlAuth, decoy: Listener0mq,
+                 stranger: Listener0mq) -> None:
         self.pd, self.auth = pd, auth
+        self.decoy, self.stranger = decoy, stranger
 
     def state(self, which: str) -> dict[str, Any]:
         server = getattr(self.pd, which)
@@ -52,15 +97,24 @@ def secured(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     secret.write_text(secrets.token_hex(32))
     secret.chmod(0o600)
     flag = ("--mempool-secret-file", str(secret))
+    decode_control, decoy_port, stranger_port = free_ports(3, HOST)
+    decoy, stranger = Listener0mq(decoy_port), Listener0mq(stranger_port)
     opts = PdOptions(stage="caching3", common_args=("--model-path", str(tiny_model), *flag),
                      router_args=flag)
-    with PdCluster(opts, logs, host=HOST) as pd:
-        yield Secured(pd, ControlAuth(secret.read_bytes().strip()))
+    pd = PdCluster(opts, logs, host=HOST)
+    # Registered peers: prefill knows decode and the decoy; decode knows prefill (its KV return).
+    pd.prefill.args += ["--mempool-peers", f"{HOST}:{decode_control},{decoy.endpoint}"]
+    pd.decode.args += ["--mempool-control-port", str(decode_control),
+                       "--mempool-peers", f"{HOST}:{pd.bootstrap_port + 1}"]
+    try:
+        with pd:
+            yield Secured(pd, ControlAuth(secret.read_bytes().strip()), decoy, stranger)
+    finally:
+        decoy.close()
+        stranger.close()
 
 
 def _wait(cond: Any, timeout: float, what: str) -> Any:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
@@ -175,3 +229,57 @@ def test_unsigned_wrong_key_and_replayed_requests_refused(secured: Secured) -> N
     assert secured.state("prefill")["peer"]["pushes"] == before
     assert secured.generate(PROMPT)["meta_info"]["completion_tokens"] == 8
     assert rpc_call(control, {"op": "integrity"}, timeout_s=30, auth=secured.auth)["ok"]
+
+
+def _settled(secured: Secured, which: str) -> dict[str, Any]:
+    """The instance's integrity counts once no request or transfer holds pages."""
+    control = secured.control(which)
+
+    def idle() -> dict[str, Any] | None:
+        out = rpc_call(control, {"op": "integrity"}, timeout_s=30, auth=secured.auth)
+        return out if out["protected_tokens"] == 0 else None
+
+    return _wait(idle, 30, f"{which} to release every lock")
+
+
+def test_push_outside_the_registered_peers_refused(secured: Secured) -> None:
+    secured.generate(PROMPT + [1, 2])  # both instances hold this prefix
+    before = {w: secured.state(w)["peer"] for w in ("prefill", "decode")}
+    for which in ("prefill", "decode"):
+        control = secured.control(which)
+        for op in ({"op": "kv_push", "tokens": PROMPT, "dst": secured.stranger.endpoint},
+                   {"op": "transfer_with_insert", "tokens": PROMPT,
+                    "peer": secured.stranger.endpoint},
+                   {"op": "kv_push", "tokens": PROMPT, "dst": "tcp://localhost:1"}):
+            with pytest.raises(UnknownPeer, match="not a registered peer"):
+                rpc_call(control, op, timeout_s=30, auth=secured.auth)
+    # Nothing reached the stranger, nothing was pushed, no page stays locked.
+    time.sleep(1)
+    assert secured.stranger.ops == []
+    for which in ("prefill", "decode"):
+        assert secured.state(which)["peer"]["pushes"] == before[which]["pushes"]
+        assert _settled(secured, which)["ok"]
+    # Pushes between the registered instances still work, both ways.
+    for src, dst in (("decode", "prefill"), ("prefill", "decode")):
+        out = rpc_call(secured.control(src), {"op": "kv_push", "tokens": PROMPT,
+                                              "dst": secured.control(dst)},
+                       timeout_s=30, auth=secured.auth)
+        assert out["ok"] and out["sent_pages"] + out["skip"] > 0, out
+    assert secured.generate(PROMPT)["meta_info"]["completion_tokens"] == 8
+
+
+def test_registered_peer_without_the_secret_gets_no_kv(secured: Secured) -> None:
+    secured.generate(PROMPT + [3, 4])
+    control = secured.control("prefill")
+    before = secured.state("prefill")["peer"]
+    with pytest.raises(AuthError, match="not signed"):
+        rpc_call(control, {"op": "kv_push", "tokens": PROMPT, "dst": secured.decoy.endpoint},
+                 timeout_s=30, auth=secured.auth)
+    # The decoy saw the prepare (and at most an abort), never a commit; no byte was written.
+    assert secured.decoy.ops and secured.decoy.ops[0] == "kv_prepare", secured.decoy.ops
+    assert "kv_commit" not in secured.decoy.ops, secured.decoy.ops
+    after = secured.state("prefill")["peer"]
+    assert after["bytes_sent"] == before["bytes_sent"] and after["pushes"] == before["pushes"]
+    assert after["push_failures"] == before["push_failures"] + 1
+    assert _settled(secured, "prefill")["ok"]
+    assert secured.generate(PROMPT)["meta_info"]["completion_tokens"] == 8

@@ -82,7 +82,7 @@ class MemServeRadixCache(UnifiedRadixCache):
                                                               config.peer_timeout_s)}
         self.memserve_peer = PeerService(self, pool, self.memserve_bridge,
                                          _Transport(pool.config),
-                                         timeout_s=config.peer_timeout_s)
+                                         timeout_s=config.peer_timeout_s, peers=config.peers)
         handlers.update(self.memserve_peer.handlers())
         api = InstanceApi(self, lambda fn: self.memserve_bridge.call(fn, config.peer_timeout_s),
                           self.memserve_peer._on_push)

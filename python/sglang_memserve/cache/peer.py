@@ -46,8 +46,9 @@ from typing import Any
 import torch
 
 from sglang_memserve.cache.bridge import SchedulerBridge
+from sglang_memserve.config import control_endpoint
 from sglang_memserve.mempool import EngineMemPool
-from sglang_memserve.mempool.errors import MemPoolError, TransferError, UnknownTier
+from sglang_memserve.mempool.errors import MemPoolError, TransferError, UnknownPeer, UnknownTier
 from sglang_memserve.mempool.protocol import (
     DestinationAdapter,
     Peer,
@@ -209,10 +210,14 @@ class PeerService:
             write) and ``write(segment, [(src, dst, nbytes)]) -> bytes``.
         timeout_s: bound on every control request.
         hold_s: longest a bootstrapped request waits for a prepared return.
+        peers: the control endpoints ``tcp://HOST:PORT`` pushes may go to (``--mempool-peers``);
+            None: any.
     """
 
     def __init__(self, cache: Any, pool: EngineMemPool, bridge: SchedulerBridge, transport: Any,
-                 timeout_s: float = 10.0, hold_s: float = RETURN_HOLD_S) -> None:
+                 timeout_s: float = 10.0, hold_s: float = RETURN_HOLD_S,
+                 peers: Sequence[str] | None = None) -> None:
+        self.peers = None if peers is None else frozenset(peers)
         self.cache = cache
         self.pool = pool
         self.bridge = bridge
@@ -240,7 +245,12 @@ class PeerService:
 
     def _on_push(self, msg: dict) -> dict:
         """Push a cached prefix to ``msg["dst"]`` (migration: the router asks the owner);
-        ``msg["dst_instance"]``, when given, is the instance ``dst`` must be."""
+        ``msg["dst_instance"]``, when given, is the instance ``dst`` must be.
+
+        Raises:
+            UnknownPeer: ``dst`` is not a registered peer; nothing was locked or sent.
+        """
+        self.check_destination(msg.get("dst"))
         done = threading.Event()
         result: dict[str, Any] = {}
 
@@ -325,7 +335,16 @@ class PeerService:
             done: told the outcome (``{"sent_pages", "skip", ...}`` or ``{"error"}``); without
                 it the push is a decode -> prefill return, batched with others to ``dst``.
             dst_instance: the instance ``dst`` must be (refused with ``UnknownPeer`` if not).
+            A ``dst`` outside the registered peers is refused the same way before anything is
+            matched, locked or sent.
         """
+        try:
+            self.check_destination(dst)
+        except UnknownPeer as exc:
+            outcome = self._failed(str(exc))
+            if done:
+                done({**outcome, "exc": exc})
+            return
         ps = self.cache.page_size
         tokens = tokens[: len(tokens) // ps * ps]
         n, node, indices = match_device(self.cache, tokens)
@@ -346,6 +365,26 @@ class PeerService:
         with self._cv:
             self._work.append(job if done else _Return(tokens, src_pages, dst, lock))
             self._cv.notify()
+
+    def check_destination(self, dst: Any) -> None:
+        """Refuse a push whose destination is not a registered peer (reads only).
+
+        Raises:
+            UnknownPeer: ``dst`` is not one of ``self.peers`` (compared as ``tcp://HOST:PORT``,
+                hosts as written); never raised when no peers were registered.
+        """
+        if not isinstance(dst, str):
+            raise UnknownPeer(f"dst must be a control endpoint tcp://HOST:PORT, not {dst!r}")
+        if self.peers is None:
+            return
+        try:
+            endpoint = control_endpoint(dst)
+        except ValueError as exc:
+            raise UnknownPeer(str(exc)) from None
+        if endpoint not in self.peers:
+            raise UnknownPeer(f"{dst} is not a registered peer of this instance "
+                              f"(--mempool-peers: {', '.join(sorted(self.peers)) or 'none'}); "
+                              "nothing was sent")
 
     def _send(self, tokens: list[int], src_pages: list[int], peer: Peer) -> dict:
         try:
