@@ -117,7 +117,43 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             + " / ".join(f"{r['summary']['jct_avg']:.2f}" for r in runs) + " | "
             + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " | "
             + _cpu_cell(runs) + " |")
-    return "\n".join(lines + _target_ratios(results)) + "\n"
+    return "\n".join(lines + _target_ratios(results) + _return_breakdown(results)) + "\n"
+
+
+# The KV return's cost on decode, from decode's peer counters (cache/peer.py, cache/staging.py):
+# (label, counter path under memserve.decode.peer, scale to ms or a count per return).
+RETURN_FIGURES: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("match + lock (scheduler) ms", ("match_s",), 1e3),
+    ("worker batch wall ms", ("batch_wall_s",), 1e3),
+    ("worker thread CPU ms", ("batch_cpu_s",), 1e3),
+    ("gather ms", ("write", "gather_s"), 1e3),
+    ("Mooncake write wall ms", ("write", "transfer_s"), 1e3),
+    ("blocks planned", ("write", "blocks_planned"), 1.0),
+    ("blocks sent", ("write", "blocks_sent"), 1.0),
+)
+
+
+def _return_breakdown(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per return, mean over rounds: where decode's time for PD-Caching-3's return goes.
+    Empty when no round has the counters (another configuration, an older build)."""
+    peers = [r["facts"].get("memserve", {}).get("decode", {}).get("peer") or {}
+             for r in results.get("pd-caching3", [])]
+    peers = [p for p in peers if p.get("pushes") and "write" in p]
+    if not peers:
+        return []
+
+    def per_return(p: dict[str, Any], path: tuple[str, ...], scale: float) -> float:
+        v: Any = p
+        for k in path:
+            v = v[k]
+        return float(v) * scale / p["pushes"]
+
+    cells = [f"{statistics.fmean(per_return(p, path, k) for p in peers):.2f}"
+             for _, path, k in RETURN_FIGURES]
+    return ["", f"PD-Caching-3's KV return on decode, per return, mean of {len(peers)} round(s) "
+            f"({statistics.fmean(p['pushes'] for p in peers):.0f} returns per round):", "",
+            "| " + " | ".join(f for f, _, _ in RETURN_FIGURES) + " |",
+            "|" + "---|" * len(RETURN_FIGURES), "| " + " | ".join(cells) + " |"]
 
 
 def _cpu_cell(runs: list[dict[str, Any]]) -> str:

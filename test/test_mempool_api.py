@@ -1,6 +1,6 @@
-"""MemPool's API on real SGLang instances (tiny model, page size 16, a DRAM tier): match,
-swap_out / swap_in, delete and transfer_with_insert through MemPoolClient; typed errors for bad
-arguments with the instance still serving; a source that dies after kv_prepare is reaped on the
+"""MemPool's API on real SGLang instances (tiny model, page size 16, a small DRAM tier): match,
+swap_out / swap_in, delete and transfer_with_insert through MemPoolClient; swap_out into a full
+DRAM tier (all or nothing); typed errors for bad arguments with the instance still serving; a source that dies after kv_prepare is reaped on the
 scheduler's idle tick; a posted scheduler job that raises does not take the scheduler down.
 Integrity holds after every step."""
 
@@ -18,6 +18,7 @@ from sglang_memserve.mempool.client import MemPoolClient
 from sglang_memserve.mempool.errors import (
     InvalidRequest,
     MemPoolError,
+    OutOfPages,
     PageLocked,
     UnknownPeer,
     UnknownPrefix,
@@ -30,6 +31,9 @@ PAGE = 16
 PROMPT = [((i * 37) % 900) + 10 for i in range(300)]
 WHOLE = len(PROMPT) // PAGE * PAGE
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+# DRAM tier: 5% of the device pool's 16,384 tokens, about 52 pages: small enough that a prefix
+# within the tiny model's 2,048-token context overflows it.
+HOST_RATIO = "0.05"
 
 
 def generate(server: ServerProcess, ids: list[int]) -> dict:
@@ -49,7 +53,7 @@ def cached(reply: dict) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiered(tiny_model: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     with ServerProcess(["--model-path", str(tiny_model), "--instance-id", "api",
-                        "--page-size", str(PAGE), "--mempool-host-ratio", "2"],
+                        "--page-size", str(PAGE), "--mempool-host-ratio", HOST_RATIO],
                        tmp_path_factory.mktemp("logs"), name="api") as s:
         yield s
 
@@ -103,6 +107,45 @@ def test_match_swap_out_swap_in_delete(tiered: ServerProcess, settled) -> None:
     # delete(tokens) drops the last page of tokens and below: the prefix before it stays.
     pool.delete(PROMPT)
     assert pool.match(PROMPT).matched == WHOLE - PAGE
+    settled(tiered.url)
+
+
+def test_swap_out_into_a_full_dram_tier_is_all_or_nothing(tiered: ServerProcess,
+                                                           settled) -> None:
+    pool = MemPoolClient.from_url(tiered.url)
+    cap = pool.integrity()["host"]["capacity"]
+    assert 16 <= cap <= 100, cap  # the tier this test is sized for
+
+    # A prefix bigger than the whole DRAM tier: refused, nothing of it moves, still on HBM.
+    big = [3 + (i * 13) % 1000 for i in range((cap + 4) * PAGE)]
+    first = generate(tiered, big)
+    held = pool.match(big).tiers
+    assert held["device"] == len(big), held
+    with pytest.raises(OutOfPages, match="host"):
+        pool.swap_out(big)
+    assert pool.match(big).tiers == held
+    settled(tiered.url)
+    again = generate(tiered, big)
+    assert cached(again)["device"] >= len(big) - PAGE and cached(again)["host"] == 0
+    assert again["output_ids"] == first["output_ids"]
+    pool.delete(big[:PAGE])
+    settled(tiered.url)
+
+    # DRAM full of another prefix: room is made by evicting it (LRU) and all of this one moves.
+    a, b = ([base + (i * 29) % 900 for i in range(cap * 2 // 3 * PAGE)] for base in (5, 9))
+    out_a, out_b = generate(tiered, a), generate(tiered, b)
+    assert pool.swap_out(a) >= len(a) // PAGE
+    assert pool.match(a).tiers["host"] == len(a)
+    assert pool.swap_out(b) >= len(b) // PAGE
+    assert pool.match(b).tiers == {"device": 0, "host": len(b)}
+    assert pool.match(a).tiers["host"] < len(a)  # evicted (at least its tail) for b
+    settled(tiered.url)
+    host = pool.integrity()["host"]
+    assert host["engine"] == 0 and host["in_use"] == 0, host  # free + cached == capacity
+    from_dram = generate(tiered, b)
+    assert cached(from_dram)["host"] >= len(b) - PAGE, from_dram["meta_info"]
+    assert from_dram["output_ids"] == out_b["output_ids"]
+    assert generate(tiered, a)["output_ids"] == out_a["output_ids"]
     settled(tiered.url)
 
 

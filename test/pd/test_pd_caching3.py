@@ -93,6 +93,41 @@ def test_next_turn_sent_at_once_hits_on_the_returned_answer(pd_return: PdCluster
     settled(pd_return.decode.url)
 
 
+def test_concurrent_answers_return_through_the_staging_buffer(pd_return: PdCluster,
+                                                              reference: ServerProcess,
+                                                              tokenizer, settled) -> None:
+    """Answers decoded side by side take turns at decode's allocator, so each one's pages are
+    scattered; the return gathers them into the staging buffer (one Mooncake block per
+    destination run, ``cache/staging.py``). The gathered KV must be the right KV: every next
+    turn hits on prefill for the whole answer and decodes exactly as a server without a cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    topics = ("glaciers", "comets", "coral reefs", "auroras")
+    turns1 = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"Describe {t} to a child, in four sentences."}],
+        tokenize=True, add_generation_prompt=True, return_dict=False) for t in topics]
+    staged0 = memserve(pd_return.decode)["peer"]["write"]["bytes_staged"]
+    received0 = memserve(pd_return.prefill)["peer"]["pages_received"]
+    with ThreadPoolExecutor(len(topics)) as pool:
+        outs1 = list(pool.map(lambda ids: generate(pd_return.url, ids), turns1))
+    wait_received(pd_return.prefill, received0 + sum(len(o) - 1 for o in outs1))
+    write = memserve(pd_return.decode)["peer"]["write"]
+    assert write["bytes_staged"] > staged0, write
+    assert write["blocks_sent"] < write["blocks_planned"], write
+    follow = tokenizer(f"{tokenizer.eos_token}\n<|user|>\nAnd then?{tokenizer.eos_token}\n"
+                       "<|assistant|>\n", add_special_tokens=False).input_ids
+    for turn1, out1 in zip(turns1, outs1, strict=True):
+        assert out1 == generate(reference.url, turn1)
+        turn2 = turn1 + out1 + follow
+        before = memserve(pd_return.prefill)["counters"]["hit_tokens"]["device"]
+        out2 = generate(pd_return.url, turn2)
+        hit = memserve(pd_return.prefill)["counters"]["hit_tokens"]["device"] - before
+        assert hit >= len(turn1) + len(out1) - 1, (hit, len(turn1), len(out1))
+        assert out2 == generate(reference.url, turn2)
+    settled(pd_return.prefill.url)
+    settled(pd_return.decode.url)
+
+
 def test_prefill_dies_kv_return_fails_cleanly_and_restart_rejoins(
         pd_return: PdCluster, reference: ServerProcess, settled) -> None:
     """Prefill dies while decode generates: the request still completes on decode, the KV return

@@ -13,8 +13,8 @@ op (control channel)        what it does
 ``delete {"tokens"}``       drops the node holding the last whole page of ``tokens`` and
                             everything below it, both tiers: ``{"pages": {tier: n}}``
 ``swap_out {"tokens"}``     moves the device-resident part of the prefix (and what extends
-                            it) to the DRAM tier: ``{"pages": device pages released,
-                            "kept": pages an ancestor keeps on the device}``
+                            it) to the DRAM tier, all or nothing: ``{"pages": device pages
+                            released, "kept": pages an ancestor keeps on the device}``
 ``swap_in {"tokens"}``      loads the prefix's DRAM-only pages back to the device
 ``transfer_with_insert``    ``{"tokens", "peer", "peer_instance"?}``: MemPool's
                             ``transfer_with_insert`` to the peer's control endpoint
@@ -22,8 +22,8 @@ op (control channel)        what it does
 
 Errors: :class:`~sglang_memserve.mempool.errors.InvalidRequest` (no whole page, not token
 ids), ``UnknownPrefix`` (nothing of it cached), ``PageLocked`` (a running request or transfer
-holds the pages: nothing changed), ``OutOfPages`` (no room in the target tier), ``UnknownTier``
-(no DRAM tier).
+holds the pages: nothing changed), ``OutOfPages`` (no room in the target tier even after
+evicting: the prefix stays where it was), ``UnknownTier`` (no DRAM tier).
 """
 
 from __future__ import annotations
@@ -193,9 +193,17 @@ class InstanceApi:
         (write-back through SGLang's own backup). An ancestor another device branch still
         needs stays on the device (``kept`` pages).
 
+        All or nothing: a caller that frees HBM ahead of use must know whether it did. Room
+        for all of it is made first, by evicting other DRAM-cached pages (LRU, as SGLang's own
+        write-back would); if it cannot be made, nothing of the prefix moves. May change: SGLang's tree (the nodes demoted; other DRAM-only prefixes
+        evicted, also when it then refuses) and through it MemPool's index.
+
         Raises:
             UnknownTier: no DRAM tier. UnknownPrefix: nothing of it cached.
-            PageLocked: held pages (nothing changed). OutOfPages: the DRAM tier is full.
+            PageLocked: held pages (nothing changed).
+            OutOfPages: the DRAM tier cannot take the prefix even after evicting every
+                unlocked DRAM-only page (bigger than the tier, or the rest held); the prefix
+                stays where it was.
         """
         self._host()
         m = self._match(tokens)
@@ -220,10 +228,25 @@ class InstanceApi:
             chosen.add(id(up))
             up = up.parent
         self._refuse_busy(order, "swap_out")
+        # Room for every page, DRAM copies or not: making room may reclaim those copies (SGLang
+        # drops host duplicates of device pages first under write-back).
+        self._make_host_room(sum(len(x.key) for x in order) // self.ps)
         before = self._pages().get("device", 0)
         for x in order:
             self._demote(x)
         return {"pages": before - self._pages().get("device", 0), "kept": kept // self.ps}
+
+    def _make_host_room(self, need: int) -> None:
+        """Free DRAM pages until ``need`` are free (SGLang's host eviction).
+
+        Raises:
+            OutOfPages: fewer than ``need`` pages could be freed.
+        """
+        host = self.cache.memserve_pool.tiers["host"].allocator
+        if host.num_free < need:
+            self.cache.evict_host((need - host.num_free) * self.ps)
+        if host.num_free < need:
+            raise OutOfPages("host", need, host.num_free)
 
     def _demote(self, x: Any) -> None:
         cache = self.cache
@@ -231,12 +254,10 @@ class InstanceApi:
         backup = cache._evict_device_leaf(x.id, tracker)
         if backup is None:
             return  # it had a DRAM copy: demoted
-        host = cache.memserve_pool.tiers["host"].allocator
-        need = len(x.key) // self.ps
-        if host.num_free < need:
-            cache.evict_host(need * self.ps)
+        self._make_host_room(len(x.key) // self.ps)  # made up front: a safety net
         if cache._execute_and_commit_kv_backup(backup, write_back=True) <= 0:
-            raise OutOfPages("host", need, host.num_free)
+            raise OutOfPages("host", len(x.key) // self.ps,
+                             cache.memserve_pool.tiers["host"].allocator.num_free)
         cache.writing_check(write_back=True)
         cache._demote(x.id, tracker)
 

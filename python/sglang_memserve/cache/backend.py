@@ -193,6 +193,7 @@ class _Transport:
         self.config = config
         self._segment: str | None = None
         self._write: Callable[[str, list[tuple[int, int, int]]], int] | None = None
+        self._register: Callable[[int, int], None] | None = None
 
     def bind(self, regions: list[tuple[int, int]]) -> None:
         if self._segment is not None:
@@ -203,12 +204,23 @@ class _Transport:
         if engine is not None:
             self._segment = engine.get_session_id()
             self._write = _sglang_writer(engine, self.config.max_batch_entries)
+            self._register = engine.register
             return
         from sglang_memserve.mempool import Region, TransferAgent
 
         agent = TransferAgent(self.config)
         agent.register([Region(a, n) for a, n in regions])
         self._segment, self._write = agent.segment_name, agent.write
+        self._register = lambda addr, nbytes: agent.register([Region(addr, nbytes)])
+
+    def register(self, addr: int, nbytes: int) -> None:
+        """Register more local memory the engine may send from (the return's staging buffer).
+
+        Raises:
+            RuntimeError / TransferError: the engine refused (nothing registered).
+        """
+        assert self._register is not None, "bind() first"
+        self._register(addr, nbytes)
 
     @property
     def segment(self) -> str:

@@ -11,7 +11,9 @@ implementation of prepare / write / commit / abort) over the memory SGLang owns;
    with its MemPool's ``alloc_mem`` (SGLang's allocator; SGLang's tree evicts if needed) under a
    lease that grows with the bytes to receive, and answers with its page ids and KV layout.
 3. Source: writes only the missing pages with Mooncake (SGLang's own engine in PD processes,
-   else a MemPool :class:`~sglang_memserve.mempool.TransferAgent`), in merged runs.
+   else a MemPool :class:`~sglang_memserve.mempool.TransferAgent`): scattered source pages are
+   gathered into a registered staging buffer so that each run of consecutive destination pages
+   is one Mooncake block per K/V stream (:mod:`.staging`).
 4. Source: ``kv_commit``; the destination inserts the whole path into its tree (duplicates that
    raced in meanwhile are freed by the tree), hands the pages over from MemPool's in-use set
    and unlocks. On any failure the source sends ``kv_abort``, or the lease expires (reaped on
@@ -46,6 +48,7 @@ from typing import Any
 import torch
 
 from sglang_memserve.cache.bridge import SchedulerBridge
+from sglang_memserve.cache.staging import STAGING_BYTES, StagedWriter, WriteStats
 from sglang_memserve.config import control_endpoint
 from sglang_memserve.mempool import EngineMemPool
 from sglang_memserve.mempool.errors import MemPoolError, TransferError, UnknownPeer, UnknownTier
@@ -92,11 +95,17 @@ class PeerStats:
     hold_timeouts: int = 0
     reaped: int = 0
     last_error: str | None = None
+    # Where a return's time goes (summed): match + lock on the scheduler thread at release,
+    # and the worker's batch (prepare, write, queued commit) in wall and in its thread's CPU.
+    match_s: float = 0.0
+    batch_wall_s: float = 0.0
+    batch_cpu_s: float = 0.0
+    write: WriteStats = field(default_factory=WriteStats)
     recent: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "recent"} | {
-            "recent": self.recent[-16:]}
+        return {k: v for k, v in self.__dict__.items() if k not in ("recent", "write")} | {
+            "write": self.write.as_dict(), "recent": self.recent[-16:]}
 
 
 def match_device(cache: Any, tokens: list[int]) -> tuple[int, Any, torch.Tensor]:
@@ -185,19 +194,6 @@ class SGLangDestination(DestinationAdapter):
         return self.layout.page_nbytes
 
 
-class _BoundWriter:
-    """The transport as the protocol's :class:`~sglang_memserve.mempool.protocol.PageWriter`,
-    bound to this process's KV regions on first use."""
-
-    def __init__(self, transport: Any, regions: list[tuple[int, int]]) -> None:
-        self.transport = transport
-        self.regions = regions
-
-    def write(self, segment: str, writes: Sequence[tuple[int, int, int]]) -> int:
-        self.transport.bind(self.regions)
-        return self.transport.write(segment, list(writes))
-
-
 class PeerService:
     """The KV-movement side of one instance's MemServe cache.
 
@@ -227,7 +223,8 @@ class PeerService:
         self.stats = PeerStats()
         self.destination = SGLangDestination(cache, pool, transport, self.stats)
         self.layout = self.destination.layout
-        self.writer = _BoundWriter(transport, self.destination.regions)
+        self.writer = StagedWriter(transport, self.destination.regions, STAGING_BYTES,
+                                   self.stats.write)
         self.incoming = TxnTable(self.destination, pool.config.txn_lease_s,
                                  pool.config.min_transfer_rate_bps)
         self._work: list[Callable[[], None] | _Return] = []
@@ -345,6 +342,7 @@ class PeerService:
             if done:
                 done({**outcome, "exc": exc})
             return
+        t = time.perf_counter()
         ps = self.cache.page_size
         tokens = tokens[: len(tokens) // ps * ps]
         n, node, indices = match_device(self.cache, tokens)
@@ -355,6 +353,7 @@ class PeerService:
         lock = self.cache.lock(node)
         tokens = tokens[:n]
         src_pages = (indices[::ps] // ps).tolist()
+        self.stats.match_s += time.perf_counter() - t
 
         def job() -> None:
             # The caller (migration) waits until the destination has indexed the prefix.
@@ -400,19 +399,22 @@ class PeerService:
         del self.stats.recent[:-64]
         return outcome
 
-    def _return_batch(self, dst: str, items: list[_Return]) -> None:
+    def _return_batch(self, dst: str, items: Sequence[_Return]) -> None:
         """Prepare, write and commit (queued) every return in ``items`` to ``dst``; unlock their
         source paths (worker thread). Failures are counted per return."""
+        t, c = time.perf_counter(), time.thread_time()
         try:
             sent = send_batch(Peer(dst, self.timeout_s),
                               [SendItem(it.tokens, it.src_pages) for it in items],
                               self.layout, self.writer)
             self._count(items, sent)
         finally:
+            self.stats.batch_wall_s += time.perf_counter() - t
+            self.stats.batch_cpu_s += time.thread_time() - c
             locks = [it.lock for it in items]
             self.bridge.post(lambda: [self.cache.unlock(lock) for lock in locks])
 
-    def _count(self, items: list[_Return], sent: list[Sent]) -> None:
+    def _count(self, items: Sequence[_Return], sent: list[Sent]) -> None:
         ok = [(it, s) for it, s in zip(items, sent, strict=True) if s.error is None]
         for _, s in zip(items, sent, strict=True):
             if s.error is not None:
