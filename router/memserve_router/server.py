@@ -273,8 +273,11 @@ class Router:
         outcome = "ok" if pages else "noop"
         self.metrics.migrations.labels(outcome).inc()
         self.metrics.migration_bytes.inc(int(out.get("bytes", 0)))
+        # The send's own time (prepare, write, commit) against the whole: the rest is the wait
+        # for the holder's scheduler thread and the control round trips.
+        send_ms = float(out.get("seconds", 0.0)) * 1e3
         return (f"{outcome}: {pages} pages from {src.id}, skipped {int(out.get('skip', 0))} "
-                f"tokens, {seconds * 1e3:.1f} ms")
+                f"tokens, {seconds * 1e3:.1f} ms (send {send_ms:.1f} ms)")
 
     def _generation_handler(self, path: str
                             ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
