@@ -9,6 +9,7 @@ bars, hit rates)::
 
     .venv/bin/python benchmarks/paper_eval.py --quick            # ~10 min on 2 cores
     .venv/bin/python benchmarks/paper_eval.py --smoke            # tiny model, seconds
+    .venv/bin/python benchmarks/paper_eval.py --quick --configs colo2-memserve-router,colo2-sglang-cache-aware
     .venv/bin/python benchmarks/paper_eval.py --render A.json B.json --report docs/results/x.md
 
 ``--render`` re-renders a report from earlier runs' JSON without running anything (two runs:
@@ -51,7 +52,10 @@ from sglang_memserve.bench.setups import SETUPS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("colo-nocache", "colo-cache", "colo-stock", "pd-basic", "pd-caching3",
                    "sglang-pd", "sglang-pd-dcache")
-SMOKE_CONFIGS = ("colo-nocache", "colo-cache")
+# The routing pair (two instances each) is not in the default set: it would take --quick past
+# its 10 minutes; run it with --configs colo2-memserve-router,colo2-sglang-cache-aware.
+ROUTING_CONFIGS = ("colo2-memserve-router", "colo2-sglang-cache-aware")
+SMOKE_CONFIGS = ("colo-nocache", "colo-cache", *ROUTING_CONFIGS)
 BEGIN, END = "<!-- paper-eval:tables -->", "<!-- /paper-eval:tables -->"
 
 
@@ -98,7 +102,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small workloads (~10 min)")
     mode.add_argument("--smoke", action="store_true",
-                      help="tiny model, a handful of requests, two colocated configurations")
+                      help="tiny model, a handful of requests, two colocated configurations and "
+                           "the routing pair")
     mode.add_argument("--render", nargs="+", type=Path, metavar="JSON",
                       help="only render the report from these runs' paper-eval.json")
     ap.add_argument("--out", type=Path, default=None, help="default: results/paper-eval-<time>")
@@ -112,7 +117,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="default: bench (--smoke: tiny)")
     ap.add_argument("--model-path", default=None, help="instead of the embedded model")
     ap.add_argument("--page-size", type=int, default=16)
-    ap.add_argument("--cpus", default=None, help="PD core split 'P/D', or 'shared'")
+    ap.add_argument("--cpus", default=None,
+                    help="PD core split 'P/D' (behind a colocated router: instance 0's and 1's "
+                         "cores), or 'shared'")
     ap.add_argument("--colo-omp-threads", type=int, default=1,
                     help="OMP_NUM_THREADS of a colocated server (PD instances get one core "
                          "each); 0: torch's default")

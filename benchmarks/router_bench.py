@@ -26,16 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +42,8 @@ import requests
 from sglang_memserve.bench.metrics import RequestRecord, summarize
 from sglang_memserve.bench.rounds import Spread, ratio_spread, round_order
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess, free_port
+from sglang_memserve.cluster.sglang_router import SglangRouter
 from sglang_memserve.model import ensure_model
-from sglang_memserve.pd.cluster import free_ports
 from sglang_memserve.workloads.trace import load_trace, trace_prompts
 
 # Router configurations: (label, how to start it in front of the instance URLs).
@@ -142,42 +139,6 @@ async def replay_trace(url: str, prompts: list[list[int]], arrivals: list[float]
         await asyncio.gather(*(_one(s, url, i, p, a, t0, out, routes)
                                for i, (p, a) in enumerate(zip(prompts, arrivals, strict=True))))
     return out
-
-
-@dataclass
-class SglangRouter:
-    """Stock sglang-router (``sglang_router.launch_router``) in front of colocated workers."""
-
-    urls: list[str]
-    args: list[str]
-    log_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        port, prom = free_ports(2)
-        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *self.urls,
-               "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
-               "--prometheus-port", str(prom), "--log-level", "warn", *self.args]
-        log = open(self.log_dir / "sglang-router.log", "ab")  # noqa: SIM115 -- lives with proc
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        body = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1}}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.post(f"{url}/generate", json=body, timeout=5).status_code == 200:
-                    return url
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("sglang-router did not become routable")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the launcher and its Rust child
-            self.proc.wait(timeout=10)
 
 
 def _tree_cpu_s(pids: Sequence[int]) -> float:

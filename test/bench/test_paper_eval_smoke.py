@@ -1,5 +1,6 @@
-"""benchmarks/paper_eval.py --smoke end to end: real servers, every workload, the report and its
-plots, and a re-render that keeps the report's prose (so the harness cannot rot)."""
+"""benchmarks/paper_eval.py --smoke end to end: real servers (one colocated, and two behind
+memserve-router / stock sglang-router cache_aware), every workload, the report and its plots,
+and a re-render that keeps the report's prose (so the harness cannot rot)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_smoke_runs_every_workload_and_writes_the_report(tmp_path: Path,
     run = json.loads((out / "paper-eval.json").read_text())
     meta, res = run["meta"], run["results"]
     assert meta["workloads"] == ["sharegpt", "longdoc", "react", "mooncake"]
-    assert set(res) == {"colo-nocache", "colo-cache"}
+    routed = ("colo2-memserve-router", "colo2-sglang-cache-aware")
+    assert set(res) == {"colo-nocache", "colo-cache", *routed}
     for config in res.values():
         for w in meta["workloads"]:
             s = config["workloads"][w]["summary"]
@@ -40,15 +42,30 @@ def test_smoke_runs_every_workload_and_writes_the_report(tmp_path: Path,
     for w in meta["workloads"]:
         assert nocache[w]["summary"]["hit_rate"] == 0.0
         # The same requests for both configurations.
-        assert nocache[w]["summary"]["prompt_tokens"] == cache[w]["summary"]["prompt_tokens"]
+        for c in ("colo-cache", *routed):
+            assert res[c]["workloads"][w]["summary"]["prompt_tokens"] == \
+                nocache[w]["summary"]["prompt_tokens"], (c, w)
     # Shared prefixes: a ReAct episode's growing history, a chat's earlier turns, the synthetic
     # trace's shared first block; the cache computes fewer prompt tokens on prefill.
     for w in ("sharegpt", "react", "mooncake"):
         assert cache[w]["summary"]["hit_rate"] > 0.1, w
         assert cache[w]["facts"]["computed_on_prefill"] < \
             nocache[w]["facts"]["computed_on_prefill"], w
+    # Behind a router the work counters are the sum over both instances: what the client was told
+    # each request computed (prompt - cached tokens), wherever it was routed.
+    for c in routed:
+        assert set(res[c]["state"]["metrics"]) == {"inst-0", "inst-1"}
+        for w in meta["workloads"]:
+            run_w = res[c]["workloads"][w]
+            assert run_w["facts"]["computed_on_prefill"] == \
+                sum(r["computed_tokens"] for r in run_w["records"]), (c, w)
+        for w in ("sharegpt", "react"):
+            assert res[c]["workloads"][w]["summary"]["hit_rate"] > 0.1, (c, w)
     md = (out / "paper-eval.md").read_text()
     assert "| colocated + cache vs colocated | react |" in md and "### Provenance" in md
+    assert "### Routing: memserve-router vs stock sglang-router" in md
+    assert "| 2 x colocated + cache, memserve-router vs 2 x stock SGLang, sglang-router " \
+           "cache_aware | sharegpt |" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "paper-eval-cdf-react.png" in pngs and "paper-eval-ratios.png" in pngs
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

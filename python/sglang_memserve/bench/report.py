@@ -1,8 +1,10 @@
 """The paper-style report of :mod:`sglang_memserve.bench.paper` results: tables, ratios, plots.
 
 A *round* is one run's JSON (``{"meta", "results": {config: {"workloads": {name: {"summary",
-"facts", "records"}}}}}``). Tables show the first round; every ratio is taken within a round
-and shown as ``mean (min-max)`` over the rounds, so a second run states the spread. matplotlib is
+"facts", "records"}}}}}``). Rounds may run different configurations (e.g. the routing pair in
+rounds of their own); tables show each configuration's first round; every ratio is taken within a
+round that ran both sides and shown as ``mean (min-max)`` over those rounds, so a second run
+states the spread. matplotlib is
 imported only when plots are drawn.
 """
 
@@ -32,6 +34,15 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
     ("MemServe vs stock, colocated", "colo-cache", "colo-stock"),
     ("MemServe vs stock PD + decode cache", "pd-caching3", "sglang-pd-dcache"),
     ("MemServe vs stock PD", "pd-caching3", "sglang-pd"),
+    ("memserve-router vs sglang-router cache_aware (2 instances)", "colo2-memserve-router",
+     "colo2-sglang-cache-aware"),
+    ("memserve-router vs sglang-router round_robin (2 instances)", "colo2-memserve-router",
+     "colo2-sglang-rr"),
+)
+# The routing comparison (prompt-tree vs the stock router's), shown in a table of its own.
+ROUTING: tuple[tuple[str, str], ...] = (
+    ("colo2-memserve-router", "colo2-sglang-cache-aware"),
+    ("colo2-memserve-router", "colo2-sglang-rr"),
 )
 # The MemServe paper's PD + cache vs PD-Basic figures (as ratios: -29% JCT -> 0.71).
 PAPER: dict[tuple[str, str], dict[str, dict[str, float]]] = {
@@ -47,12 +58,21 @@ def _run(rnd: Round, config: str, workload: str) -> Run | None:
     return rnd["results"].get(config, {}).get("workloads", {}).get(workload)
 
 
+def _first(rounds: Sequence[Round], config: str, workload: str) -> Run | None:
+    """The configuration's run of ``workload`` in the first round that has one."""
+    return next((r for r in (_run(x, config, workload) for x in rounds) if r is not None), None)
+
+
 def _workloads(rounds: Sequence[Round]) -> list[str]:
     return list(rounds[0]["meta"]["workloads"])
 
 
 def _configs(rounds: Sequence[Round]) -> list[str]:
-    return [c for c in rounds[0]["meta"]["configs"] if c in rounds[0]["results"]]
+    """Every round's configurations, in order of first appearance."""
+    out: list[str] = []
+    for rnd in rounds:
+        out += [c for c in rnd["meta"]["configs"] if c in rnd["results"] and c not in out]
+    return out
 
 
 def _f(v: float, nd: int = 3) -> str:
@@ -79,7 +99,8 @@ def _spread(values: list[float]) -> str:
 
 
 def _label(rounds: Sequence[Round], config: str) -> str:
-    return rounds[0]["results"][config].get("label", config)
+    res = next(x["results"][config] for x in rounds if config in x["results"])
+    return res.get("label", config)
 
 
 def summary_table(rounds: Sequence[Round]) -> list[str]:
@@ -91,7 +112,7 @@ def summary_table(rounds: Sequence[Round]) -> list[str]:
     for c in _configs(rounds):
         cells = []
         for w in ws:
-            r = _run(rounds[0], c, w)
+            r = _first(rounds, c, w)
             cells += (["-"] * 4 if r is None else
                       [_f(r["summary"][k]) for k in ("jct_avg", "jct_p99", "ttft_avg",
                                                       "ttft_p99")])
@@ -105,7 +126,7 @@ def workload_table(rounds: Sequence[Round], workload: str) -> list[str]:
              "P90 | P99 | TPOT avg | hit rate | prompt tok | prefill tok computed | KV sent (MB) "
              "| req/s | CPU s (per instance) |", "|---|" + "---|" * 17]
     for c in _configs(rounds):
-        r = _run(rounds[0], c, workload)
+        r = _first(rounds, c, workload)
         if r is None:
             continue
         s, f = r["summary"], r["facts"]
@@ -137,6 +158,29 @@ def ratio_table(rounds: Sequence[Round]) -> list[str]:
     return lines
 
 
+def routing_table(rounds: Sequence[Round]) -> list[str]:
+    """memserve-router against the stock router in the same rounds, per workload: JCT and TTFT
+    ratios (avg, P99) and both sides' hit rates, each as mean (min-max) over those rounds."""
+    figures = [f for f in FIGURES if f[0] != "prefill tokens computed"]
+    lines = ["| ours vs reference | workload | " + " | ".join(f for f, _ in figures)
+             + " | hit rate (ours) | hit rate (reference) | rounds |",
+             "|---|---|" + "---|" * (len(figures) + 3)]
+    configs = set(_configs(rounds))
+    for ours, ref in ROUTING:
+        if ours not in configs or ref not in configs:
+            continue
+        for w in _workloads(rounds):
+            both = [x for x in rounds if _run(x, ours, w) and _run(x, ref, w)]
+            if not both:
+                continue
+            cells = [_spread(ratios(both, ours, ref, w, f)) for _, f in figures]
+            hits = [_spread([r["summary"]["hit_rate"] for x in both
+                             if (r := _run(x, c, w)) is not None]) for c in (ours, ref)]
+            lines.append(f"| {_label(rounds, ours)} vs {_label(rounds, ref)} | {w} | "
+                         + " | ".join(cells + hits) + f" | {len(both)} |")
+    return lines
+
+
 def round_table(rounds: Sequence[Round]) -> list[str]:
     """JCT and TTFT averages of every round side by side (the absolute spread)."""
     ws = _workloads(rounds)
@@ -157,13 +201,17 @@ def tables_markdown(rounds: Sequence[Round]) -> str:
     meta = rounds[0]["meta"]
     out = ["### Workloads", ""]
     out += [f"* **{w}**: {meta['workload_desc'][w]}" for w in _workloads(rounds)]
-    out += ["", "### Paper-style table (round 1; seconds)", "", *summary_table(rounds), "",
-            f"### Ratios within a round ({len(rounds)} round(s): mean (min-max))", "",
-            *ratio_table(rounds), ""]
+    out += ["", "### Paper-style table (each configuration's first round; seconds)", "",
+            *summary_table(rounds), "",
+            f"### Ratios within a round ({len(rounds)} round(s); each ratio over the rounds that "
+            "ran both configurations: mean (min-max))", "", *ratio_table(rounds), ""]
+    if routing := routing_table(rounds)[2:]:
+        out += ["### Routing: memserve-router vs stock sglang-router (same run, 2 colocated "
+                "instances)", "", *routing_table(rounds)[:2], *routing, ""]
     if len(rounds) > 1:
         out += ["### Every round's averages (seconds)", "", *round_table(rounds), ""]
     for w in _workloads(rounds):
-        out += [f"### {w}: every figure (round 1)", "", *workload_table(rounds, w), ""]
+        out += [f"### {w}: every figure (first round of each configuration)", "", *workload_table(rounds, w), ""]
     return "\n".join(out)
 
 
@@ -185,7 +233,7 @@ def plot(rounds: Sequence[Round], out_dir: Path, prefix: str) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for ax, key in zip(axes, ("ttft", "jct"), strict=True):
             for c in configs:
-                r = _run(rounds[0], c, w)
+                r = _first(rounds, c, w)
                 vals = sorted(x[key] for x in (r or {}).get("records", []) if not x["error"])
                 if vals:
                     ax.step(vals, [(i + 1) / len(vals) for i in range(len(vals))], where="post",
@@ -222,7 +270,7 @@ def plot(rounds: Sequence[Round], out_dir: Path, prefix: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(configs)), 3.4))
     width = 0.8 / max(1, len(ws))
     for k, w in enumerate(ws):
-        vals = [(_run(rounds[0], c, w) or {"summary": {"hit_rate": 0.0}})["summary"]["hit_rate"]
+        vals = [(_first(rounds, c, w) or {"summary": {"hit_rate": 0.0}})["summary"]["hit_rate"]
                 for c in configs]
         ax.bar([i + k * width for i in range(len(configs))], vals, width, label=w)
     ax.set_xticks([i + width * (len(ws) - 1) / 2 for i in range(len(configs))],

@@ -1,7 +1,8 @@
 """The serving configurations the benchmarks compare, started as real processes.
 
-Each :class:`Setup` is one topology + cache choice (colocated or 1P1D, MemServe's cache, SGLang's
-own or none). :func:`serving` starts one from scratch and yields a :class:`Served` handle whose
+Each :class:`Setup` is one topology + cache choice (colocated, 1P1D, or several colocated
+instances behind a router; MemServe's cache, SGLang's own or none). :func:`serving` starts one
+from scratch and yields a :class:`Served` handle whose
 ``mark()`` / ``delta()`` read the instances' work counters around a replay (prompt tokens the
 prefill side really computed, KV bytes sent over Mooncake), so several replays against one
 start can each be measured. Processes are always torn down on leaving the context.
@@ -10,17 +11,20 @@ start can each be measured. Processes are always torn down on leaving the contex
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from sglang_memserve.cluster import ServerProcess
+from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
+from sglang_memserve.cluster.sglang_router import SglangRouter
 from sglang_memserve.pd import PdCluster, PdOptions
 from sglang_memserve.pd.client import memserve_state
+from sglang_memserve.pd.cluster import parse_cpus
 from sglang_memserve.pd.metrics import kv_transfer_stats, scrape
 
 
@@ -33,21 +37,50 @@ class Setup:
         pd_stage: ``None`` colocated, else the PD stage (``sglang_memserve.pd.cluster.STAGES``).
         cache: colocated ``--memserve-cache``; PD: prefill's and decode's (``stock``: SGLang's
             own radix cache, behind stock sglang-router).
+        router: colocated only: ``None`` one server, else a key of :data:`COLO_ROUTERS` in
+            front of ``instances`` colocated servers.
+        instances: how many colocated servers the router spreads requests over.
     """
 
     name: str
     label: str
     pd_stage: str | None
     cache: str
+    router: str | None = None
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.router is not None and (self.pd_stage is not None or self.router not in
+                                        COLO_ROUTERS or self.instances < 2):
+            raise ValueError(f"setup {self.name!r}: a router ({self.router!r}) takes >= 2 "
+                             f"colocated instances and is one of {sorted(COLO_ROUTERS)}")
 
     @property
     def topology(self) -> str:
-        return "colocated" if self.pd_stage is None else "pd"
+        if self.pd_stage is not None:
+            return "pd"
+        return "colocated" if self.router is None else "routed"
 
     @property
     def stock(self) -> bool:
         return self.cache == "stock"
 
+
+@dataclass(frozen=True)
+class ColoRouter:
+    """A router in front of colocated instances: which program, with which arguments."""
+
+    program: str  # a key of _ROUTER_PROGRAMS
+    args: tuple[str, ...]
+
+
+# The paper's prompt-tree vs session routing comparison: memserve-router (its global prompt
+# trees) against stock sglang-router's approximate radix tree, and a session-less baseline.
+COLO_ROUTERS: dict[str, ColoRouter] = {
+    "memserve": ColoRouter("memserve", ("--policy", "memserve")),
+    "sglang-cache-aware": ColoRouter("sglang", ("--policy", "cache_aware")),
+    "sglang-rr": ColoRouter("sglang", ("--policy", "round_robin")),
+}
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
     Setup("colo-nocache", "colocated, no cache", None, "off"),
@@ -60,6 +93,14 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
     # Stock SGLang PD: SGLang's own radix cache on prefill, with / without its decode cache.
     Setup("sglang-pd", "stock SGLang PD", "caching1", "stock"),
     Setup("sglang-pd-dcache", "stock SGLang PD + decode cache", "caching2", "stock"),
+    # Two colocated instances behind a router: MemServe's behind memserve-router, stock
+    # SGLang's radix cache behind sglang-router.
+    Setup("colo2-memserve-router", "2 x colocated + cache, memserve-router", None, "memserve",
+          "memserve", 2),
+    Setup("colo2-sglang-cache-aware", "2 x stock SGLang, sglang-router cache_aware", None,
+          "stock", "sglang-cache-aware", 2),
+    Setup("colo2-sglang-rr", "2 x stock SGLang, sglang-router round_robin", None, "stock",
+          "sglang-rr", 2),
 )}
 
 # Prometheus series worth keeping from each instance (sum and count of these histograms).
@@ -109,6 +150,8 @@ class Served:
         decode_url: PD's decode instance, else None.
         pids: the instances' launcher processes (for CPU accounting).
         startup_s: seconds from start to ready.
+        instances: behind a colocated router, every instance (all compute prompts); else
+            empty (``prefill_url`` is the one).
     """
 
     setup: Setup
@@ -119,11 +162,21 @@ class Served:
     startup_s: float
     cpus: tuple[str, str] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    instances: list[str] = field(default_factory=list)
+
+    @property
+    def computing_urls(self) -> list[str]:
+        """The instances that compute prompts (their counters are summed)."""
+        return self.instances or [self.prefill_url]
 
     def mark(self) -> dict[str, Any]:
-        """The work counters now (pass to :meth:`delta` after a replay)."""
-        m: dict[str, Any] = {"prompt": prompt_counters(self.prefill_url),
-                             "input": effective_input(self.prefill_url)}
+        """The work counters now, summed over :attr:`computing_urls` (pass to :meth:`delta`
+        after a replay)."""
+        prompts = [prompt_counters(u) for u in self.computing_urls]
+        total = (None if any(p is None for p in prompts) else
+                 (sum(p[0] for p in prompts if p), sum(p[1] for p in prompts if p)))
+        m: dict[str, Any] = {"prompt": total,
+                             "input": sum(effective_input(u) for u in self.computing_urls)}
         if self.decode_url is not None:
             m["kv"] = kv_transfer_stats(self.prefill_url)
         return m
@@ -144,8 +197,10 @@ class Served:
 
     def state(self) -> dict[str, Any]:
         """Metrics and MemServe state of each instance (end-of-run facts)."""
-        urls = ({"colocated": self.url} if self.decode_url is None else
-                {"prefill": self.prefill_url, "decode": self.decode_url})
+        urls = ({"prefill": self.prefill_url, "decode": self.decode_url}
+                if self.decode_url is not None else
+                {f"inst-{i}": u for i, u in enumerate(self.instances)} or
+                {"colocated": self.url})
         return {"metrics": {k: kept_metrics(scrape(u)) for k, u in urls.items()},
                 "memserve": {k: memserve_state(u) for k, u in urls.items()}}
 
@@ -162,25 +217,74 @@ def pd_cpus(spec: str | None) -> tuple[str, str] | None:
     return PdOptions().cpus
 
 
-@contextmanager
-def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None = None,
-            colo_env: dict[str, str] | None = None) -> Iterator[Served]:
-    """Start ``setup`` from scratch; yield its handle; stop every process on exit.
+Starter = Callable[..., AbstractContextManager[Served]]
 
-    Args:
-        model_args: launch_server arguments of every instance (model, page size).
-        log_dir: server logs go under it.
-        cpus: PD core split (:func:`pd_cpus`).
-        colo_env: extra environment of a colocated server (e.g. ``OMP_NUM_THREADS``).
-    """
-    t0 = time.perf_counter()
-    if setup.pd_stage is None:
-        server = ServerProcess([*model_args, "--memserve-cache", setup.cache, "--enable-metrics"],
-                               log_dir, name=setup.name, env=colo_env)
-        with server:
-            yield Served(setup, server.url, server.url, None, [server.proc.pid],
-                         time.perf_counter() - t0)
-        return
+
+@contextmanager
+def _colocated(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
+               colo_env: dict[str, str] | None, t0: float) -> Iterator[Served]:
+    server = ServerProcess([*model_args, "--memserve-cache", setup.cache, "--enable-metrics"],
+                           log_dir, name=setup.name, env=colo_env)
+    with server:
+        yield Served(setup, server.url, server.url, None, [server.proc.pid],
+                     time.perf_counter() - t0)
+
+
+@contextmanager
+def _memserve_router(urls: list[str], args: tuple[str, ...], log_dir: Path) -> Iterator[str]:
+    with MemServeRouterProcess(["--worker-urls", *urls, *args, "--log-level", "warning"],
+                               log_dir) as router:
+        yield router.url
+
+
+@contextmanager
+def _sglang_router(urls: list[str], args: tuple[str, ...], log_dir: Path) -> Iterator[str]:
+    router = SglangRouter(urls, list(args), log_dir)
+    try:
+        yield router.start()
+    finally:
+        router.stop()
+
+
+_ROUTER_PROGRAMS: dict[str, Callable[[list[str], tuple[str, ...], Path],
+                                     AbstractContextManager[str]]] = {
+    "memserve": _memserve_router, "sglang": _sglang_router,
+}
+
+
+@contextmanager
+def _routed(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
+            colo_env: dict[str, str] | None, t0: float) -> Iterator[Served]:
+    """``setup.instances`` colocated servers started side by side (instance i pinned to the
+    i-th core set of ``cpus`` when there are as many), then the router in front of them."""
+    pin = pd_cpus(cpus)
+    cores = list(pin) if pin is not None and len(pin) >= setup.instances else None
+    servers = []
+    for i in range(setup.instances):
+        env = dict(colo_env or {})
+        if cores:  # one OpenMP thread team per core, as a PD instance gets
+            env["SGLANG_CPU_OMP_THREADS_BIND"] = cores[i]
+        servers.append(ServerProcess(
+            [*model_args, "--memserve-cache", setup.cache, "--enable-metrics",
+             "--instance-id", f"inst-{i}"], log_dir / setup.name, name=f"inst-{i}", env=env,
+            cpus=parse_cpus(cores[i]) if cores else None))
+    spec = COLO_ROUTERS[str(setup.router)]
+    with ExitStack() as stack:
+        for s in servers:
+            stack.callback(s.stop)  # registered first: also stops one whose peer failed
+        with ThreadPoolExecutor(len(servers)) as pool:
+            for f in [pool.submit(s.start) for s in servers]:
+                f.result()
+        urls = [s.url for s in servers]
+        url = stack.enter_context(_ROUTER_PROGRAMS[spec.program](urls, spec.args,
+                                                                 log_dir / setup.name))
+        yield Served(setup, url, urls[0], None, [s.proc.pid for s in servers if s.proc],
+                     time.perf_counter() - t0, pin if cores else None, instances=urls)
+
+
+@contextmanager
+def _pd(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
+        colo_env: dict[str, str] | None, t0: float) -> Iterator[Served]:
     pin = pd_cpus(cpus)
     caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
                                                     "decode_cache": setup.cache}
@@ -191,3 +295,21 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
     with PdCluster(opts, log_dir / setup.name) as pd:
         yield Served(setup, pd.url, pd.prefill.url, pd.decode.url,
                      [pd.prefill.proc.pid, pd.decode.proc.pid], time.perf_counter() - t0, pin)
+
+
+_STARTERS: dict[str, Starter] = {"colocated": _colocated, "routed": _routed, "pd": _pd}
+
+
+def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None = None,
+            colo_env: dict[str, str] | None = None) -> AbstractContextManager[Served]:
+    """Start ``setup`` from scratch; the context yields its handle and stops every process on
+    exit.
+
+    Args:
+        model_args: launch_server arguments of every instance (model, page size).
+        log_dir: server logs go under it.
+        cpus: PD core split (:func:`pd_cpus`); behind a colocated router, instance i's cores.
+        colo_env: extra environment of a colocated server (e.g. ``OMP_NUM_THREADS``).
+    """
+    return _STARTERS[setup.topology](setup, model_args, log_dir, cpus, colo_env,
+                                     time.perf_counter())
