@@ -12,18 +12,27 @@ mixing SGLang's ``/generate`` and OpenAI chat, streaming and not, multi-turn cha
   connection the client sees refused or reset;
 * ``lost``: no answer and no error -- a 200 whose body is truncated or malformed, a stream that
   ends without ``[DONE]`` or an error, an error status without a message;
-* ``hung``: no end within ``--deadline-s``.
+* ``hung``: no end within ``--deadline-s``;
+* ``accepted``: a malformed request answered 2xx (served instead of refused).
 
 A sampled share of the successful greedy ``/generate`` answers is replayed on the reference
 instance afterwards; their output tokens must match (``mismatched`` counts those that do not).
 
-``--faults kill,sigstop,router`` (or ``all``) injects, at fixed fractions of the duration: kill
-the decode instance (PD; colocated: the first instance) and restart it on the same address;
-SIGSTOP the prefill instance (colocated: the last) for longer than the router's health timeout,
-then SIGCONT; kill the router and restart it on the same port (it rebuilds its trees from the
-instances' snapshots). Per fault: time to the first clear error and to the first success of a
-request sent after it, failures and losses while it lasted. Afterwards every instance must pass
-its MemPool integrity check and the router's tree of each must equal the instance's own.
+``--faults kill,sigstop,events,router`` (or ``all``) injects, at fixed fractions of the
+duration: kill the decode instance (PD; colocated: the first instance) and restart it on the same
+address; SIGSTOP the prefill instance (colocated: the last) for longer than the router's health
+timeout, then SIGCONT; cut the router's KV-event connection to prefill (colocated: the first)
+again and again for ``--events-cut-s``, so it misses messages, sees a seq gap and resyncs from a
+snapshot (time from the last cut to the resync); kill the router and restart it on the same port
+(it rebuilds its trees from the instances' snapshots). Per fault: time to the first clear error
+and to the first success of a request sent after it, failures and losses while it lasted.
+Afterwards every instance must pass its MemPool integrity check and the router's tree of each
+must equal the instance's own.
+
+``--stack stock`` runs the same load and faults against stock SGLang (its own radix cache) behind
+stock sglang-router (``soak_cluster.py``); the events fault and the MemPool checks do not apply
+there. ``--stack both`` runs MemServe's, then stock's, in one command (``<out>/memserve``,
+``<out>/stock``).
 
 Writes ``<out>/soak.json`` and prints a summary::
 
@@ -35,14 +44,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,16 +61,15 @@ import aiohttp  # noqa: E402
 import requests  # noqa: E402
 
 from memserve_router.compare import instance_tree, router_tree  # noqa: E402
-from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess  # noqa: E402
+from sglang_memserve.cluster import ServerProcess  # noqa: E402
 from sglang_memserve.pd.client import memserve_integrity  # noqa: E402
-from sglang_memserve.pd.cluster import PdCluster, PdOptions  # noqa: E402
 
-FAULTS = ("kill", "sigstop", "router")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak_cluster import STACKS, Cluster  # noqa: E402
+
+FAULTS = ("kill", "sigstop", "events", "router")
 # When each fault starts, as a fraction of the duration (they run one after another).
-FAULT_AT = {"kill": 0.15, "sigstop": 0.5, "router": 0.7}
-# Fast health checks, so a dead or frozen instance leaves the rotation within a few seconds.
-HEALTH = ("--health-check-interval-secs", "1", "--health-check-timeout-secs", "3",
-          "--health-failure-threshold", "2")
+FAULT_AT = {"kill": 0.15, "sigstop": 0.4, "events": 0.6, "router": 0.75}
 MALFORMED: tuple[tuple[str, bytes], ...] = (
     ("/generate", b"{not json"),
     ("/generate", b"[1, 2]"),
@@ -98,6 +103,9 @@ class SoakOptions:
         seed: of the request mix. out: where soak.json and the logs go.
         sigstop_s: how long the frozen instance stays stopped (> the health timeout, 3 s; the
             default outlasts two failed checks, so the router takes it out of rotation).
+        events_cut_s: how long the router's event connection is cut (``events`` fault).
+        stack: ``memserve`` or ``stock`` (SGLang's own cache behind sglang-router:
+            ``soak_cluster``).
     """
 
     clients: int = 64
@@ -113,6 +121,8 @@ class SoakOptions:
     seed: int = 0
     out: Path = Path("soak-out")
     sigstop_s: float = 10.0
+    events_cut_s: float = 3.0
+    stack: str = "memserve"
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.duration_s <= 0 or self.deadline_s <= 0:
@@ -122,6 +132,10 @@ class SoakOptions:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; choose from {FAULTS}")
+        if self.stack not in STACKS:
+            raise ValueError(f"stack must be one of {STACKS}, got {self.stack!r}")
+        if self.stack == "stock" and self.colocated:
+            raise ValueError("the stock stack is 1P1D only (--colocated 0)")
 
     def model_args(self) -> list[str]:
         if Path(self.model).is_dir():
@@ -150,6 +164,9 @@ class FaultReport:
     lost: int = 0
     hung: int = 0
     note: str = ""
+    # events: seconds from the last cut to the router's resync, and its feed counters' change.
+    resync_s: float | None = None
+    feed: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,95 +178,6 @@ class Soak:
     samples: list[tuple[list[int], dict, list[int]]] = field(default_factory=list)
     faults: list[FaultReport] = field(default_factory=list)
     t0: float = 0.0
-
-
-# ---- the cluster -----------------------------------------------------------------------------
-
-
-class Cluster:
-    """The router, its instances and the reference instance, with the fault operations."""
-
-    def __init__(self, opts: SoakOptions) -> None:
-        self.opts = opts
-        self.logs = opts.out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        model = opts.model_args()
-        self.reference = ServerProcess([*model, "--memserve-cache", "off"], self.logs,
-                                       name="reference")
-        self.pd: PdCluster | None = None
-        self.instances: dict[str, ServerProcess] = {}
-        if opts.colocated:
-            for i in range(opts.colocated):
-                wid = f"soak-{i}"
-                self.instances[wid] = ServerProcess([*model, "--instance-id", wid], self.logs,
-                                                    name=wid)
-            self.router = MemServeRouterProcess(
-                ["--worker-urls", *(s.url for s in self.instances.values()), *HEALTH,
-                 "--log-level", "warning"], self.logs)
-        else:
-            self.pd = PdCluster(PdOptions(stage="caching3", common_args=tuple(model),
-                                          router_args=HEALTH), self.logs)
-            self.instances = {"prefill-0": self.pd.prefill, "decode-0": self.pd.decode}
-
-    def start(self) -> None:
-        with ThreadPoolExecutor(1 + len(self.instances)) as pool:
-            ref = pool.submit(self.reference.start)
-            if self.pd is not None:
-                self.pd.start()
-                assert isinstance(self.pd.router, MemServeRouterProcess)
-                self.router = self.pd.router
-            else:
-                for f in [pool.submit(s.start) for s in self.instances.values()]:
-                    f.result()
-                self.router.start()
-            ref.result()
-
-    def stop(self) -> None:
-        self.router.stop()
-        for s in [*self.instances.values(), self.reference]:
-            if s.proc is not None and s.proc.poll() is None:
-                try:
-                    os.killpg(s.proc.pid, signal.SIGCONT)  # a frozen one cannot exit
-                except ProcessLookupError:
-                    pass
-            s.stop()
-
-    def victim(self, fault: str) -> str:
-        """The instance a fault hits."""
-        ids = list(self.instances)
-        if fault == "kill":
-            return "decode-0" if self.pd is not None else ids[0]
-        return "prefill-0" if self.pd is not None else ids[-1]
-
-    def kill_and_restart(self, wid: str) -> str:
-        old = self.instances[wid]
-        old.kill()
-        new = ServerProcess(old.args, self.logs, name=f"{wid}-restarted", host=old.host,
-                            env=old.env, port=old.port, cpus=old.cpus)
-        new.start()
-        self.instances[wid] = new
-        if self.pd is not None:
-            if wid == "decode-0":
-                self.pd.decode = new
-            else:
-                self.pd.prefill = new
-        return f"killed {wid} (SIGKILL), restarted on {new.url}"
-
-    def freeze(self, wid: str, seconds: float) -> str:
-        proc = self.instances[wid].proc
-        assert proc is not None
-        os.killpg(proc.pid, signal.SIGSTOP)
-        time.sleep(seconds)
-        os.killpg(proc.pid, signal.SIGCONT)
-        return f"SIGSTOP {wid} for {seconds:g}s, then SIGCONT"
-
-    def restart_router(self) -> str:
-        proc = self.router.proc
-        assert proc is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        self.router.start(probe=False)
-        return f"killed the router (SIGKILL), restarted on {self.router.url}"
 
 
 # ---- clients ---------------------------------------------------------------------------------
@@ -324,8 +252,10 @@ async def _request(session: aiohttp.ClientSession, url: str, kind: str, path: st
                     retry_after = min(2.0, float(r.headers.get("Retry-After", "0.25")))
         if kind == "malformed":
             ok = 400 <= r.status < 500 and bool(_message(data))
-            rec.outcome = "ok" if ok else ("failed" if r.status >= 500 else "lost")
-            rec.detail = "" if ok else f"HTTP {r.status}: {data[:160]!r}"
+            # A 2xx to a malformed request is a real answer, just not the refusal it deserved.
+            rec.outcome = "ok" if ok else ("failed" if r.status >= 500 else
+                                           "accepted" if r.status < 300 else "lost")
+            rec.detail = "" if ok else f"{path} {body[:80]!r} -> HTTP {r.status}: {data[:80]!r}"
         elif r.status != 200:
             rec.outcome = "failed" if _message(data) else "lost"
             rec.detail = f"HTTP {r.status}: {_message(data) or data[:160]!r}"
@@ -397,6 +327,8 @@ async def _client(i: int, soak: Soak, router: Any, stop_at: float) -> None:
 def _fault_thread(soak: Soak, cluster: Cluster, stop: threading.Event) -> None:
     opts = soak.options
     for name in sorted(opts.faults, key=FAULT_AT.__getitem__):
+        if not cluster.applies(name):
+            continue
         at = soak.t0 + FAULT_AT[name] * opts.duration_s
         while time.monotonic() < at:
             if stop.wait(0.1):
@@ -408,6 +340,11 @@ def _fault_thread(soak: Soak, cluster: Cluster, stop: threading.Event) -> None:
                 rep.note = cluster.kill_and_restart(cluster.victim("kill"))
             elif name == "sigstop":
                 rep.note = cluster.freeze(cluster.victim("sigstop"), opts.sigstop_s)
+            elif name == "events":
+                rep.note, rep.resync_s, rep.feed = cluster.drop_events(
+                    cluster.victim("events"), opts.events_cut_s)
+                if rep.resync_s is None:
+                    rep.note += "; failed: no resync within the timeout"
             else:
                 rep.note = cluster.restart_router()
         except Exception as exc:  # noqa: BLE001 -- reported; the soak goes on
@@ -431,6 +368,8 @@ def _score_faults(soak: Soak) -> None:
 def _checks(cluster: Cluster, wait_s: float = 30.0) -> dict[str, Any]:
     """Integrity of every instance and router tree == instance tree (polled until equal)."""
     out: dict[str, Any] = {}
+    if cluster.stock:
+        return {"note": "stock SGLang: no MemPool integrity check and no router trees"}
     for wid, server in cluster.instances.items():
         try:
             counts = memserve_integrity(server.url, timeout=60)
@@ -502,6 +441,8 @@ def run(opts: SoakOptions) -> dict[str, Any]:
         "startup_s": round(startup_s, 1), "elapsed_s": round(elapsed, 1),
         "requests": len(soak.records), "ok": outcomes["ok"], "failed": outcomes["failed"],
         "lost": outcomes["lost"], "hung": outcomes["hung"], "by_kind": by_kind,
+        # Malformed requests answered 2xx (not refused; neither lost nor failed).
+        "malformed_accepted": outcomes["accepted"],
         "latency_s": {"p50": _pct(oks, 0.5), "p99": _pct(oks, 0.99), "max": _pct(oks, 1.0)},
         "verified": checked, "mismatched": mismatched,
         # Malformed requests answered with a 5xx (a clear error, but not the 4xx they deserve).
@@ -511,6 +452,7 @@ def run(opts: SoakOptions) -> dict[str, Any]:
                                          if r.kind == "malformed")),
         "faults": [asdict(f) | {"start": round(f.start - soak.t0, 2),
                                 "end": round(f.end - soak.t0, 2)} for f in soak.faults],
+        "skipped_faults": [f for f in opts.faults if not cluster.applies(f)],
         "checks": checks,
         "failures": [asdict(r) | {"start": round(r.start - soak.t0, 2),
                                   "end": round(r.end - soak.t0, 2)}
@@ -526,13 +468,19 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
 
 
-def parse(argv: list[str]) -> SoakOptions:
+def parse(argv: list[str]) -> list[SoakOptions]:
+    """The command line as one run per stack (``--stack both``: memserve, then stock, each
+    under ``<out>/<stack>``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--duration", type=float, default=600.0, help="seconds")
     p.add_argument("--colocated", type=int, default=0,
                    help="colocated instances behind the router (0: 1P1D)")
     p.add_argument("--faults", default="", help=f"comma-separated {FAULTS}, or 'all'")
+    p.add_argument("--stack", choices=(*STACKS, "both"), default="memserve",
+                   help="memserve (memserve-router, MemServe's cache), stock (sglang-router, "
+                        "SGLang's own cache; faults that need MemServe are skipped) or both, "
+                        "one after the other")
     p.add_argument("--model", default="tiny", help="embedded model name or a model folder")
     p.add_argument("--deadline-s", type=float, default=SoakOptions.deadline_s)
     p.add_argument("--max-new-tokens", type=int, default=SoakOptions.max_new_tokens)
@@ -541,36 +489,53 @@ def parse(argv: list[str]) -> SoakOptions:
     p.add_argument("--max-requests-per-client", type=int,
                    default=SoakOptions.max_requests_per_client)
     p.add_argument("--sigstop-s", type=float, default=SoakOptions.sigstop_s)
+    p.add_argument("--events-cut-s", type=float, default=SoakOptions.events_cut_s,
+                   help="how long the router's event connection stays cut (events fault)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=SoakOptions.out)
     a = p.parse_args(argv)
     faults = FAULTS if a.faults == "all" else tuple(f for f in a.faults.split(",") if f)
+    stacks = STACKS if a.stack == "both" else (a.stack,)
     try:
-        return SoakOptions(clients=a.clients, duration_s=a.duration, colocated=a.colocated,
-                           faults=faults, model=a.model, deadline_s=a.deadline_s,
-                           max_new_tokens=a.max_new_tokens, malformed_share=a.malformed_share,
-                           verify_share=a.verify_share,
-                           max_requests_per_client=a.max_requests_per_client,
-                           seed=a.seed, out=a.out, sigstop_s=a.sigstop_s)
+        return [SoakOptions(clients=a.clients, duration_s=a.duration, colocated=a.colocated,
+                            faults=faults, model=a.model, deadline_s=a.deadline_s,
+                            max_new_tokens=a.max_new_tokens, malformed_share=a.malformed_share,
+                            verify_share=a.verify_share,
+                            max_requests_per_client=a.max_requests_per_client,
+                            seed=a.seed, out=a.out / stack if len(stacks) > 1 else a.out,
+                            sigstop_s=a.sigstop_s, events_cut_s=a.events_cut_s, stack=stack)
+                for stack in stacks]
     except ValueError as exc:
         p.error(str(exc))
     raise AssertionError("unreachable")
 
 
-def main(argv: list[str] | None = None) -> int:
-    report = run(parse(sys.argv[1:] if argv is None else argv))
+def _print(report: dict[str, Any]) -> None:
     short = {k: report[k] for k in ("requests", "ok", "failed", "lost", "hung", "verified",
-                                    "mismatched", "malformed_5xx", "latency_s", "by_kind")}
+                                    "mismatched", "malformed_5xx", "malformed_accepted",
+                                    "latency_s", "by_kind")}
+    print(f"== stack {report['options']['stack']}")
     print(json.dumps(short, indent=1))
     for f in report["faults"]:
-        print(f"fault {f['name']} at {f['start']}s: {f['note']}; first error "
+        resync = f" resync {f['resync_s']}s," if f["name"] == "events" else ""
+        print(f"fault {f['name']} at {f['start']}s: {f['note']};{resync} first error "
               f"{f['first_error_s']}s, first success {f['first_success_s']}s, failed "
               f"{f['failed']}, lost {f['lost']}, hung {f['hung']}")
     print(json.dumps(report["checks"], indent=1))
-    bad = report["lost"] or report["hung"] or not all(
+
+
+def _bad(report: dict[str, Any]) -> bool:
+    return bool(report["lost"] or report["hung"] or not all(
         v.get("ok", v.get("equal", True)) for v in report["checks"].values()
-        if isinstance(v, dict))
-    return 1 if bad else 0
+        if isinstance(v, dict)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run each stack's soak; exit 1 when one lost or hung a request or failed a check."""
+    reports = [run(opts) for opts in parse(sys.argv[1:] if argv is None else argv)]
+    for report in reports:
+        _print(report)
+    return 1 if any(_bad(r) for r in reports) else 0
 
 
 if __name__ == "__main__":
