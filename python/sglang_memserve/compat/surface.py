@@ -145,7 +145,7 @@ READS += (
                 "MooncakeTransferEngine.batch_transfer_sync",
                 params=("self", "session_id", "buffers", "peer_buffer_addresses", "lengths")),
          Target("sglang.srt.distributed.device_communicators.mooncake_transfer_engine",
-                "MooncakeTransferEngine", attrs=("get_session_id",)))),
+                "MooncakeTransferEngine", attrs=("get_session_id", "register")))),
 )
 
 READS += (
