@@ -104,7 +104,7 @@ class RouterConfig:
     transfer_per_page_s: float | None = None
     migrate: bool = True
     min_migrate_gain_s: float = 0.05
-    affinity_slack: float = 0.5
+    affinity_slack: float = 0.95
     migration_overhead_s: float | None = None
     load_per_request_s: float = PolicyConfig.load_per_request_s
     cache_threshold: float = 0.3
