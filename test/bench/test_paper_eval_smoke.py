@@ -1,6 +1,7 @@
 """benchmarks/paper_eval.py --smoke end to end: real servers (one colocated, and two behind
-memserve-router / stock sglang-router cache_aware), every workload, the report and its plots,
-and a re-render that keeps the report's prose (so the harness cannot rot)."""
+memserve-router / stock sglang-router cache_aware; --smoke starts two configurations at once),
+every workload, the report and its plots, and a re-render that keeps the report's prose (so the
+harness cannot rot)."""
 
 from __future__ import annotations
 

@@ -34,10 +34,9 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
     ("MemServe vs stock, colocated", "colo-cache", "colo-stock"),
     ("MemServe vs stock PD + decode cache", "pd-caching3", "sglang-pd-dcache"),
     ("MemServe vs stock PD", "pd-caching3", "sglang-pd"),
-    ("memserve-router vs sglang-router cache_aware (2 instances)", "colo2-memserve-router",
-     "colo2-sglang-cache-aware"),
-    ("memserve-router vs sglang-router round_robin (2 instances)", "colo2-memserve-router",
-     "colo2-sglang-rr"),
+    # Two colocated instances behind each router.
+    ("memserve-router vs cache_aware", "colo2-memserve-router", "colo2-sglang-cache-aware"),
+    ("memserve-router vs round_robin", "colo2-memserve-router", "colo2-sglang-rr"),
 )
 # The routing comparison (prompt-tree vs the stock router's), shown in a table of its own.
 ROUTING: tuple[tuple[str, str], ...] = (
