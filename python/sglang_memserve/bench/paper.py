@@ -193,7 +193,9 @@ def run_config(name: str, workloads: Sequence[Workload], model_args: list[str], 
     """Start configuration ``name``, replay every workload on it in order, stop it.
 
     Args:
-        cpu_s: CPU seconds used so far by a process tree (pid -> s); None: not measured.
+        cpu_s: CPU seconds used so far by a process tree (pid -> s); None: not measured
+            (else ``facts["cpu_s"]`` per instance, and ``facts["router_cpu_s"]`` behind a
+            colocated router).
     Returns:
         ``{"startup_s", "workloads": {name: {"summary", "facts", "records"}}}``.
     Raises:
@@ -207,11 +209,14 @@ def run_config(name: str, workloads: Sequence[Workload], model_args: list[str], 
         for i, w in enumerate(workloads, 1):
             mark = served.mark()
             cpu0 = [cpu_s(p) for p in served.pids] if cpu_s else []
+            router0 = cpu_s(served.router_pid) if cpu_s and served.router_pid else 0.0
             t0 = time.perf_counter()
             records = w.run(served.url)
             facts: dict[str, Any] = {"wall_s": time.perf_counter() - t0}
             if cpu_s:
                 facts["cpu_s"] = [cpu_s(p) - c for p, c in zip(served.pids, cpu0, strict=True)]
+                if served.router_pid:  # a colocated router, on the instances' cores
+                    facts["router_cpu_s"] = cpu_s(served.router_pid) - router0
             facts.update(served.delta(mark))
             summary = summarize(records)
             summary["throughput_rps"] = len(records) / facts["wall_s"]

@@ -131,6 +131,8 @@ def workload_table(rounds: Sequence[Round], workload: str) -> list[str]:
         s, f = r["summary"], r["facts"]
         kv = f.get("kv_transfer_mb")
         cpu = " + ".join(f"{x:.1f}" for x in f.get("cpu_s", [])) or "-"
+        if "router_cpu_s" in f:
+            cpu += f" (router {f['router_cpu_s']:.1f})"
         lines.append(
             f"| {_label(rounds, c)} | {s['requests']} | {s['failed']} | "
             + " | ".join(_f(s[k]) for k in ("jct_avg", "jct_p50", "jct_p90", "jct_p99",

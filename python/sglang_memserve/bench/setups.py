@@ -152,6 +152,7 @@ class Served:
         startup_s: seconds from start to ready.
         instances: behind a colocated router, every instance (all compute prompts); else
             empty (``prefill_url`` is the one).
+        router_pid: the colocated router's process (its CPU shares the instances' cores).
     """
 
     setup: Setup
@@ -163,6 +164,7 @@ class Served:
     cpus: tuple[str, str] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     instances: list[str] = field(default_factory=list)
+    router_pid: int | None = None
 
     @property
     def computing_urls(self) -> list[str]:
@@ -231,23 +233,29 @@ def _colocated(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | N
 
 
 @contextmanager
-def _memserve_router(urls: list[str], args: tuple[str, ...], log_dir: Path) -> Iterator[str]:
+def _memserve_router(urls: list[str], args: tuple[str, ...],
+                     log_dir: Path) -> Iterator[tuple[str, int]]:
     with MemServeRouterProcess(["--worker-urls", *urls, *args, "--log-level", "warning"],
                                log_dir) as router:
-        yield router.url
+        assert router.proc is not None  # started by __enter__
+        yield router.url, router.proc.pid
 
 
 @contextmanager
-def _sglang_router(urls: list[str], args: tuple[str, ...], log_dir: Path) -> Iterator[str]:
+def _sglang_router(urls: list[str], args: tuple[str, ...],
+                   log_dir: Path) -> Iterator[tuple[str, int]]:
     router = SglangRouter(urls, list(args), log_dir)
     try:
-        yield router.start()
+        url = router.start()
+        assert router.proc is not None
+        yield url, router.proc.pid
     finally:
         router.stop()
 
 
+# Each yields the router's (URL, pid) while it runs.
 _ROUTER_PROGRAMS: dict[str, Callable[[list[str], tuple[str, ...], Path],
-                                     AbstractContextManager[str]]] = {
+                                     AbstractContextManager[tuple[str, int]]]] = {
     "memserve": _memserve_router, "sglang": _sglang_router,
 }
 
@@ -276,10 +284,11 @@ def _routed(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
             for f in [pool.submit(s.start) for s in servers]:
                 f.result()
         urls = [s.url for s in servers]
-        url = stack.enter_context(_ROUTER_PROGRAMS[spec.program](urls, spec.args,
-                                                                 log_dir / setup.name))
+        url, router_pid = stack.enter_context(
+            _ROUTER_PROGRAMS[spec.program](urls, spec.args, log_dir / setup.name))
         yield Served(setup, url, urls[0], None, [s.proc.pid for s in servers if s.proc],
-                     time.perf_counter() - t0, pin if cores else None, instances=urls)
+                     time.perf_counter() - t0, pin if cores else None, instances=urls,
+                     router_pid=router_pid)
 
 
 @contextmanager
