@@ -56,7 +56,9 @@ def test_smoke_runs_every_workload_and_writes_the_report(tmp_path: Path,
     # each request computed (prompt - cached tokens), wherever it was routed.
     for c in routed:
         assert set(res[c]["state"]["metrics"]) == {"inst-0", "inst-1"}
-        assert all(res[c]["workloads"][w]["facts"]["router_cpu_s"] > 0 for w in meta["workloads"])
+        # Measured (a handful of requests may cost the Rust router less than a clock tick).
+        assert all(res[c]["workloads"][w]["facts"]["router_cpu_s"] >= 0
+                   for w in meta["workloads"])
         for w in meta["workloads"]:
             run_w = res[c]["workloads"][w]
             assert run_w["facts"]["computed_on_prefill"] == \
