@@ -22,12 +22,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago (all held open while picking, so
+    the OS cannot hand out one twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL
+    what is left after ``timeout`` (children that outlived the leader too); waits for it.
+    No-op for None."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def file_tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a log file ("" if it cannot be read)."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+# Starts tried when the chosen port was taken before the server bound it (see ServerProcess.start).
+BIND_ATTEMPTS = 3
+
+
+def _bind_failed(log_tail: str) -> bool:
+    """Whether a server's log says its HTTP port was taken ("address already in use")."""
+    return "address already in use" in log_tail.lower()
 
 
 class ServerStartError(RuntimeError):
@@ -59,6 +102,7 @@ class ServerProcess:
     ) -> None:
         self.args = list(args)
         self.host = host
+        self._fixed_port = port is not None
         self.port = port or free_port(host)
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
@@ -71,30 +115,57 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> ServerProcess:
-        """Start the process and wait until ``/health`` answers 200; raises ServerStartError."""
+        """Start the process and wait until ``/health`` answers 200; raises ServerStartError.
+
+        A free port can be taken by another process between :func:`free_port` and the server's
+        bind (busy machines, parallel tests): when the log says so and the port was not given
+        by the caller, the server is restarted on another free port, up to
+        ``BIND_ATTEMPTS`` times in all."""
+        deadline = time.monotonic() + timeout
+        note = b""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            if self._spawn_and_wait(deadline, note):
+                return self
+            lost_port = _bind_failed(self.log_tail(200))
+            self.stop()
+            if not lost_port or self._fixed_port or attempt == BIND_ATTEMPTS:
+                break
+            old, self.port = self.port, free_port(self.host)
+            note = f"[memserve] port {old} was taken before the server bound it: restarted " \
+                   f"on port {self.port}\n".encode()
+        if self.proc is not None and self.proc.returncode not in (None, -signal.SIGTERM,
+                                                                   -signal.SIGKILL):
+            raise ServerStartError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                   f"{self.log_tail()}")
+        raise ServerStartError(f"{self.name} not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _spawn_and_wait(self, deadline: float, note: bytes = b"") -> bool:
+        """Start the process; True once healthy, False if it exited, lost its port or ran out
+        of time (the process may still be running: the caller stops it)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "sglang_memserve.launch_server", *self.args,
                "--host", self.host, "--port", str(self.port)]
         with open(self.log_path, "wb") as log:
+            log.write(note)
+            log.flush()
             # A new session so stop() can signal SGLang's whole process tree.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
         if self.cpus:
             # Set before the launcher imports anything: SGLang's processes inherit it.
             os.sched_setaffinity(self.proc.pid, self.cpus)
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerStartError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                       f"{self.log_tail()}")
+                return False
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
+                    return True
             except requests.RequestException:
                 pass
+            if _bind_failed(self.log_tail(5)):
+                return False  # uvicorn can hang after a failed bind instead of exiting
             time.sleep(0.5)
-        self.stop()
-        raise ServerStartError(f"{self.name} not healthy after {timeout:.0f}s:\n{self.log_tail()}")
+        return False
 
     def log_tail(self, lines: int = 40) -> str:
         return file_tail(self.log_path, lines)
@@ -107,19 +178,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # children that outlived the parent
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from types import TracebackType
 
 import requests
 
-from sglang_memserve.cluster.process import ServerStartError, file_tail, free_port
+from sglang_memserve.cluster.process import ServerStartError, file_tail, free_port, stop_group
 
 
 class MemServeRouterProcess:
@@ -85,17 +84,8 @@ class MemServeRouterProcess:
         return file_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:  # its group is gone: signal the process itself
-            self.proc.kill()
-            self.proc.wait()
+        """SIGTERM its process group, SIGKILL after ``timeout``."""
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> MemServeRouterProcess:
         if self.proc is None or self.proc.poll() is not None:

@@ -3,9 +3,6 @@ as a child process on free loopback ports (router benchmarks and the paper evalu
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +12,7 @@ from typing import IO
 
 import requests
 
-
-def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports that were free a moment ago (held open together while picking)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from sglang_memserve.cluster.process import free_ports, stop_group
 
 
 @dataclass
@@ -55,7 +42,7 @@ class SglangRouter:
             RuntimeError: it exited, or no request went through within ``timeout`` (then it is
                 stopped).
         """
-        port, prom = _free_ports(2)
+        port, prom = free_ports(2)
         cmd = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *self.urls,
                "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
                "--prometheus-port", str(prom), "--log-level", "warn", *self.args]
@@ -82,15 +69,7 @@ class SglangRouter:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the launcher's process group (it and its Rust child), SIGKILL after
         ``timeout``; closes the log."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -25,7 +25,6 @@ each instance's compute runs on its own core (``cpus``), SGLang's idle scheduler
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from types import TracebackType
 import requests
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
-from sglang_memserve.cluster.process import ServerStartError, file_tail
+from sglang_memserve.cluster.process import ServerStartError, file_tail, free_ports
 
 STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
 STAGE_LABELS: dict[str, str] = {
@@ -162,21 +161,6 @@ class PdOptions:
         elif self.omp_threads:
             env.setdefault("OMP_NUM_THREADS", str(self.omp_threads))
         return env
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that were free a moment ago (all held open while picking, so
-    the OS cannot hand out one twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def parse_cpus(spec: str) -> list[int]:
