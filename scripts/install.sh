@@ -19,6 +19,14 @@ if ! ldconfig -p 2>/dev/null | grep -q libibverbs.so.1; then
   fi
 fi
 
+# The soak driver's events fault (and its miniature in the default tests) cuts a connection with
+# `ss -K` (iproute2; it also needs root and a kernel with socket destroy).
+if ! command -v ss >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iproute2 >/dev/null \
+    || echo "install.sh: could not install iproute2 (ss); the soak's events fault needs it" >&2
+fi
+
 stamp_inputs=(requirements/*.txt pyproject.toml scripts/install.sh)
 want="$(cat "${stamp_inputs[@]}" | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.memserve-install-stamp"
