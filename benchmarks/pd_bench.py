@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -117,7 +118,57 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             + " / ".join(f"{r['summary']['jct_avg']:.2f}" for r in runs) + " | "
             + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " | "
             + _cpu_cell(runs) + " |")
-    return "\n".join(lines + _target_ratios(results) + _return_breakdown(results)) + "\n"
+    return "\n".join(lines + _target_ratios(results) + _return_breakdown(results)
+                     + _host_rows(results) + _step_rows(results)) + "\n"
+
+
+def _host_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per round and configuration: what else used the host's cores during the replay."""
+    rows = [(r["round"], name, r["facts"]["host"]) for name, runs in results.items()
+            for r in runs if "host" in r["facts"]]
+    if not rows:
+        return []
+    out = ["", "Other work on the host during each replay (CPU of processes outside this "
+           "benchmark, in cores; 1-minute load average; the largest other users):", "",
+           "| round | config | others (cores) | load avg (mean / max) | top others (CPU s) |",
+           "|---|---|---|---|---|"]
+    for rnd, name, h in sorted(rows, key=lambda x: x[0]):
+        top = ", ".join(f"{cmd} {c:.1f}" for c, _, cmd in h["top"][:3]) or "-"
+        out.append(f"| {rnd} | {SETUPS[name].label} | {h['others_cores']:.2f} | "
+                   f"{h['loadavg_mean']:.1f} / {h['loadavg_max']:.1f} | {top} |")
+    return out
+
+
+def _steps(run: dict[str, Any]) -> dict[int, list[float]]:
+    return {int(k): v for k, v in (run["facts"].get("decode_steps_ms") or {}).items()}
+
+
+def _step_rows(results: dict[str, list[dict[str, Any]]], sizes: int = 8) -> list[str]:
+    """Decode step time at equal batch size (median ms over SGLang's decode log lines, all
+    rounds), and the per-round step ratio of MemServe PD-Caching-3 to stock."""
+    named = {n: [s for s in (_steps(r) for r in runs) if s] for n, runs in results.items()}
+    named = {n: v for n, v in named.items() if v}
+    if not named:
+        return []
+    pooled = {n: {b: [x for s in v for x in s.get(b, [])] for b in range(1, sizes + 1)}
+              for n, v in named.items()}
+    out = ["", "Decode step time (ms, median of SGLang's decode log lines over all rounds; "
+           "lines in parentheses) by running batch size:", "",
+           "| config | " + " | ".join(str(b) for b in range(1, sizes + 1)) + " |",
+           "|---|" + "---|" * sizes]
+    for n, by in pooled.items():
+        out.append(f"| {SETUPS[n].label} | " + " | ".join(
+            f"{statistics.median(v):.1f} ({len(v)})" if v else "-" for v in by.values()) + " |")
+    ours, ref = results.get("pd-caching3"), results.get("sglang-pd-dcache")
+    if ours and ref:
+        per = [profiling.step_ratio(_steps(a), _steps(b)) for a, b in zip(ours, ref,
+                                                                           strict=False)]
+        per = [x for x in per if x is not None]
+        if per:
+            out += ["", "Decode step time, PD-Caching-3 / stock PD + decode cache at equal batch "
+                    "size (per round; geometric mean over batch sizes, weighted by lines): "
+                    + ratio_spread(per, [1.0] * len(per)).fmt(3)]
+    return out
 
 
 # The KV return's cost on decode, from decode's peer counters (cache/peer.py, cache/staging.py):
@@ -219,14 +270,23 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
         if served.decode_url is not None:
             facts["cpus"] = served.cpus
         pids = served.pids
+        if args.server_nice is not None:
+            # Every process this benchmark started (instances, their helpers, the router) and
+            # this client: other sessions' work at a higher nice value yields to them.
+            facts["niced_threads"] = profiling.renice_tree(os.getpid(), args.server_nice)
         profile = (profiling.recording(args.profile, tag, pids)
                    if args.profile else nullcontext())
         mark = served.mark()
         cpu0 = [profiling.tree_cpu_s(pid) for pid in pids]
+        decode_log = out / "logs" / f"round{rnd}" / setup.name / "decode.log"
+        log_at = decode_log.stat().st_size if decode_log.exists() else 0
         t0 = time.perf_counter()
-        with profile:
+        with profile, profiling.host_load() as load:
             records = replay(served.url, convs, tok, cfg)
         facts["wall_s"] = time.perf_counter() - t0
+        facts["host"] = load.as_dict()
+        if served.decode_url is not None:
+            facts["decode_steps_ms"] = profiling.decode_steps(decode_log, log_at)
         # CPU seconds each instance's process tree used during the replay: the work it did,
         # much less sensitive to other jobs on the machine than latencies are.
         facts["cpu_s"] = [profiling.tree_cpu_s(pid) - c for pid, c in zip(pids, cpu0,
@@ -236,9 +296,12 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
     summary = summarize(records)
     later = [r.jct for r in records if r.turn > 0 and r.error is None]
     summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")
+    host = facts["host"]
     print(f"[pd_bench] round {rnd} {setup.name}: jct_avg={summary['jct_avg']:.3f}s "
           f"ttft_avg={summary['ttft_avg']:.3f}s hit={summary['hit_rate']:.2f} "
-          f"failed={summary['failed']} wall={facts['wall_s']:.1f}s", flush=True)
+          f"failed={summary['failed']} wall={facts['wall_s']:.1f}s "
+          f"others={host['others_cores']:.2f} cores (load {host['loadavg_mean']:.1f}; "
+          f"{', '.join(f'{c:.1f}s {cmd}' for c, _, cmd in host['top'][:3])})", flush=True)
     return {"round": rnd, "summary": summary, "facts": facts, "records": to_jsonable(records)}
 
 
@@ -278,6 +341,13 @@ def main(argv: list[str] | None = None) -> None:
                          "rounds and reversed on odd ones; ratios are per round")
     ap.add_argument("--profile", type=Path, default=None,
                     help="record the schedulers with py-spy during each replay into this dir")
+    ap.add_argument("--decode-log-interval", type=int, default=None,
+                    help="SGLang's --decode-log-interval for every instance (default: SGLang's "
+                         "40): its decode log lines give the step times by batch size")
+    ap.add_argument("--server-nice", type=int, default=None,
+                    help="niceness of every process the benchmark starts and of itself, set "
+                         "once a configuration is up (negative: root only); e.g. -5 so that "
+                         "work other sessions run under nice 10 yields to the measured one")
     args = ap.parse_args(argv)
     colo_env = ({"OMP_NUM_THREADS": str(args.colo_omp_threads)}
                 if args.colo_omp_threads else None)
@@ -286,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     model_args = ["--model-path", str(model)]
     if args.page_size:
         model_args += ["--page-size", str(args.page_size)]
+    if args.decode_log_interval:
+        model_args += ["--decode-log-interval", str(args.decode_log_interval)]
     tok = AutoTokenizer.from_pretrained(str(model))
     if args.workload == "longdoc":
         convs = load_longdoc(docs=args.conversations, questions_per_doc=args.max_turns,
@@ -297,8 +369,6 @@ def main(argv: list[str] | None = None) -> None:
                        think_time_s=args.think_time, output_len=args.output_len)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    import os
-
     meta = {"started": f"{datetime.now():%Y-%m-%d %H:%M:%S}", "model": model.name,
             "conversations": len(convs), "max_turns": args.max_turns, "max_chars": args.max_chars,
             "rate": args.rate, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
@@ -307,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             "requests": sum(len(c.user_turns) for c in convs), "host_cpus": os.cpu_count(),
             "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,
             "page_size": args.page_size or 1, "rounds": args.rounds,
+            "server_nice": args.server_nice, "decode_log_interval": args.decode_log_interval,
             "order": "forward on even rounds, reversed on odd rounds"}
     results: dict[str, list[dict[str, Any]]] = {}
     configs = args.configs.split(",")

@@ -13,13 +13,21 @@ breakdown: milliseconds of busy thread time per request in each category of :dat
 from __future__ import annotations
 
 import collections
+import math
+import os
+import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -141,6 +149,163 @@ def tree_cpu_s(root: int) -> float:
 def _cpu_s(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
+
+
+def tree_pids(root: int) -> set[int]:
+    """``root`` and every process below it (gone ones are left out)."""
+    try:
+        proc = psutil.Process(root)
+        return {root} | {c.pid for c in proc.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def renice_tree(root: int, nice: int, skip: frozenset[int] = frozenset()) -> int:
+    """Set the niceness of every thread of ``root``'s process tree (Linux keeps it per thread,
+    and a thread started later inherits its creator's).
+
+    Args:
+        skip: pids left as they are (e.g. py-spy's).
+
+    Returns:
+        Threads changed. Raises PermissionError for a negative ``nice`` without root.
+    """
+    changed = 0
+    for pid in tree_pids(root) - skip:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+                changed += 1
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+    return changed
+
+
+def _busy_s() -> float:
+    """Non-idle CPU seconds of the whole host since boot (/proc/stat: all but idle, iowait)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class HostLoad:
+    """What else ran on the host during a replay (filled by :func:`host_load`).
+
+    Attributes:
+        others_cpu_s: CPU seconds of every process outside this benchmark's tree (the host's
+            busy time minus the tree's; short-lived processes included).
+        loadavg: 1-minute load average, one sample per ``interval_s``.
+        top: the other processes that used the most CPU, ``(cpu s, pid, command)``, from
+            per-process samples (processes that lived shorter than a sample are missed).
+    """
+
+    wall_s: float = 0.0
+    others_cpu_s: float = 0.0
+    loadavg: list[float] = field(default_factory=list)
+    top: list[tuple[float, int, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall_s, "others_cpu_s": self.others_cpu_s,
+                "others_cores": self.others_cpu_s / self.wall_s if self.wall_s else 0.0,
+                "loadavg_mean": statistics.fmean(self.loadavg) if self.loadavg else 0.0,
+                "loadavg_max": max(self.loadavg, default=0.0), "top": self.top}
+
+
+def _others(mine: set[int]) -> dict[int, tuple[float, str]]:
+    out = {}
+    for p in psutil.process_iter(["pid", "cpu_times", "cmdline", "name"]):
+        if p.pid in mine or p.info["cpu_times"] is None:
+            continue
+        t = p.info["cpu_times"]
+        out[p.pid] = (t.user + t.system, _label(p.info["name"], p.info["cmdline"] or []))
+    return out
+
+
+def _label(name: str | None, cmdline: list[str]) -> str:
+    """A process's name, and for an interpreter the script or module it runs (never the
+    other arguments: they may carry anything)."""
+    label = name or "?"
+    if label.startswith("python") and len(cmdline) > 1:
+        args = iter(cmdline[1:])
+        for a in args:
+            if a == "-m":
+                return f"{label} -m {next(args, '?')}"
+            if not a.startswith("-"):
+                return f"{label} {Path(a).name}"
+    return label
+
+
+@contextmanager
+def host_load(interval_s: float = 2.0, top: int = 5) -> Iterator[HostLoad]:
+    """Sample the host while the block runs; the yielded :class:`HostLoad` is filled on exit.
+    "This benchmark" is this process and everything below it (servers, routers, py-spy)."""
+    me = os.getpid()
+    load = HostLoad()
+    stop = threading.Event()
+    first: dict[int, tuple[float, str]] = {}
+    last: dict[int, tuple[float, str]] = {}
+
+    def sample() -> None:
+        while True:
+            load.loadavg.append(os.getloadavg()[0])
+            for pid, v in _others(tree_pids(me)).items():
+                first.setdefault(pid, v)
+                last[pid] = v
+            if stop.wait(interval_s):
+                return
+
+    t0, busy0, mine0 = time.perf_counter(), _busy_s(), tree_cpu_s(me)
+    thread = threading.Thread(target=sample, name="host-load", daemon=True)
+    thread.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        thread.join()
+        load.wall_s = time.perf_counter() - t0
+        load.others_cpu_s = max(0.0, (_busy_s() - busy0) - (tree_cpu_s(me) - mine0))
+        used = sorted(((last[p][0] - first[p][0], p, last[p][1]) for p in last), reverse=True)
+        load.top = [(round(c, 2), p, cmd) for c, p, cmd in used[:top] if c > 0]
+
+
+# SGLang's decode log line (every decode_log_interval steps): the batch at the log and the
+# tokens generated per second since the previous line.
+_DECODE_LINE = re.compile(r"Decode batch.*?#running-req: (\d+),.*?gen throughput \(token/s\): "
+                          r"([\d.]+)")
+
+
+def decode_steps(log: Path, offset: int = 0) -> dict[int, list[float]]:
+    """Decode step times (ms) by batch size, from SGLang's decode log lines after ``offset``.
+
+    A line's step time is batch / throughput: the interval's wall time per step, with the
+    scheduler's own work between steps included. The first line after an idle spell includes
+    the idle time; take medians.
+    """
+    out: dict[int, list[float]] = collections.defaultdict(list)
+    if not log.exists():
+        return {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    for m in _DECODE_LINE.finditer(text):
+        n, tput = int(m[1]), float(m[2])
+        if n and tput > 0:
+            out[n].append(1e3 * n / tput)
+    return dict(out)
+
+
+def step_ratio(ours: dict[int, list[float]], ref: dict[int, list[float]], min_lines: int = 3
+               ) -> float | None:
+    """Geometric mean over batch sizes both have (each with >= ``min_lines`` lines) of the
+    median step time ratio, weighted by the fewer lines of the two; None without overlap."""
+    logs, weights = [], []
+    for n in ours.keys() & ref.keys():
+        a, b = ours[n], ref[n]
+        if len(a) >= min_lines and len(b) >= min_lines:
+            w = min(len(a), len(b))
+            logs.append(w * math.log(statistics.median(a) / statistics.median(b)))
+            weights.append(w)
+    return math.exp(sum(logs) / sum(weights)) if weights else None
 
 
 def summarize(raw: Path, top: int = 15) -> str:
