@@ -39,6 +39,8 @@ def test_cli_sharegpt_pd_with_kv_return(capsys: pytest.CaptureFixture[str]) -> N
     (["--policy", "nope"], "unknown routing policy"),
     (["--cost-table", "no-such-table"], "no cost table"),
     (["--unit-tokens", "100"], "not a multiple"),
+    (["--shared-cores", "0"], "shared_cores must be positive"),
+    (["--request-overhead-s", "-0.1"], "request_overhead_s must be >= 0"),
 ])
 def test_cli_refuses_bad_input_with_the_cause(argv: list[str], why: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

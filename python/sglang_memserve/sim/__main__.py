@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
                    help="the router's --load-per-request-secs (default: the router's)")
     p.add_argument("--affinity-slack", type=float, default=None,
                    help="the router's --affinity-slack (default: the router's)")
+    p.add_argument("--shared-cores", type=float, default=None,
+                   help="all instances share this many cores by processor sharing (the CPU "
+                        "bench: 2); default: a device each")
+    p.add_argument("--request-overhead-s", type=float, default=0.0,
+                   help="fixed latency per request outside the instances (client and router "
+                        "hops), added before its prefill is queued")
     p.add_argument("--check", action="store_true",
                    help="after the run, verify the router's trees equal the instances' indexes")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         event_delay_s=a.event_delay_s,
                         migration_overhead_s=a.migration_overhead_s,
                         load_per_request_s=a.load_per_request_s,
-                        affinity_slack=a.affinity_slack)
+                        affinity_slack=a.affinity_slack, shared_cores=a.shared_cores,
+                        request_overhead_s=a.request_overhead_s)
         sim = Simulator(cfg)
         t0 = time.perf_counter()
         requests = load(a)

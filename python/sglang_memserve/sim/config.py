@@ -73,6 +73,13 @@ class SimConfig:
             control round trips through both instances' scheduler loops).
         load_per_request_s: the router's ``--load-per-request-secs`` (None: its default).
         affinity_slack: the router's ``--affinity-slack`` (None: the router's default).
+        shared_cores: None: every instance computes on a device of its own (a GPU each). A
+            number C: all instances share C cores by processor sharing -- while k of them run
+            an iteration, each advances at min(1, C / k) of the table's speed
+            (:class:`~.compute.CorePool`; the CPU bench's instances share 2 cores).
+        request_overhead_s: fixed latency a request spends outside the instances before its
+            prefill is queued (client -> router -> instance hops), added to its TTFT; it uses
+            no simulated compute.
     """
 
     instances: int = 8
@@ -93,6 +100,8 @@ class SimConfig:
     migration_overhead_s: float = 0.0
     load_per_request_s: float | None = None
     affinity_slack: float | None = None
+    shared_cores: float | None = None
+    request_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.instances < (2 if self.pd else 1):
@@ -105,6 +114,10 @@ class SimConfig:
             raise ValueError(f"link_gbps must be positive, got {self.link_gbps}")
         if self.migration_overhead_s < 0:
             raise ValueError(f"migration_overhead_s must be >= 0, got {self.migration_overhead_s}")
+        if self.shared_cores is not None and not self.shared_cores > 0:
+            raise ValueError(f"shared_cores must be positive, got {self.shared_cores}")
+        if self.request_overhead_s < 0:
+            raise ValueError(f"request_overhead_s must be >= 0, got {self.request_overhead_s}")
         if self.predict_ttl_s <= 0 or self.event_delay_s < 0 or not 0 <= self.evict_batch < 1:
             raise ValueError("need predict_ttl_s > 0, event_delay_s >= 0, 0 <= evict_batch < 1")
 

@@ -13,6 +13,9 @@ One scheduler iteration at a time, like SGLang's scheduler loop:
   until its first request finishes; a segment is cut at the next step boundary when prefill
   work arrives or a request joins, so joins happen between steps as in SGLang.
 
+Iterations take their table time on a device of the instance's own, or longer when instances
+share cores (:class:`~.compute.CorePool`, ``SimConfig.shared_cores``).
+
 The instance tells the simulator (its ``hooks``) when a prefill ends and when a request ends;
 KV moving between instances is the simulator's business.
 """
@@ -27,6 +30,7 @@ from typing import Protocol
 from sglang_memserve.gpu.costmodel import CostTable
 from sglang_memserve.mempool.radix import PageKey
 
+from .compute import CorePool
 from .config import InstanceSpec, Role
 from .kv import KvIndex, Lease, Sink
 from .loop import EventLoop
@@ -86,7 +90,6 @@ class Hooks(Protocol):
 
 @dataclass
 class _Segment:
-    start: float
     dt: float
     steps: int
     token: int
@@ -95,7 +98,8 @@ class _Segment:
 
 @dataclass
 class InstanceStats:
-    """Busy seconds and counts of one instance."""
+    """Busy seconds (table seconds: on shared cores an iteration's wall time is longer) and
+    counts of one instance."""
 
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -118,14 +122,17 @@ class SimInstance:
         hooks: the simulator.
         sink: where the index's events go (the router's tree), or None.
         evict_batch: see :class:`~.config.SimConfig`.
+        compute: where its iterations run (default: a device of its own; instances given one
+            shared :class:`~.compute.CorePool` share its cores).
     """
 
     def __init__(self, iid: str, role: Role, spec: InstanceSpec, table: CostTable,
                  unit_tokens: int, loop: EventLoop, hooks: Hooks, sink: Sink | None = None,
-                 evict_batch: float = 0.01) -> None:
+                 evict_batch: float = 0.01, compute: CorePool | None = None) -> None:
         self.id, self.role, self.spec, self.table = iid, role, spec, table
         self.unit = unit_tokens
         self.loop, self.hooks = loop, hooks
+        self.compute = compute if compute is not None else CorePool(loop)
         self.kv = KvIndex(spec.hbm_tokens // unit_tokens, spec.dram_tokens // unit_tokens, sink,
                           evict_batch)
         self.pages_per_unit = max(1, unit_tokens // table.page_size)
@@ -229,7 +236,7 @@ class SimInstance:
             self._busy = True
             self.stats.prefill_s += dt
             self.stats.chunks += 1
-            self.loop.after(dt, self._chunk_done, job, b)
+            self.compute.start(self, dt, self._chunk_done, job, b)
             return True
         return False
 
@@ -260,10 +267,10 @@ class SimInstance:
         ctx = sum(j.req.tokens + j.generated for j in batch) / n + steps / 2
         dt = self.table.decode_time(n, int(ctx))
         self._token += 1
-        self._seg = _Segment(self.loop.now, dt, steps, self._token, list(batch))
+        self._seg = _Segment(dt, steps, self._token, list(batch))
         self._busy = True
         self.stats.segments += 1
-        self.loop.after(steps * dt, self._segment_done, self._token)
+        self.compute.start(self, steps * dt, self._segment_done, self._token)
 
     def _cut(self) -> None:
         """End the running decode segment at the next step boundary (a request joins or prefill
@@ -271,14 +278,15 @@ class SimInstance:
         seg = self._seg
         if seg is None:
             return
-        done = math.ceil((self.loop.now - seg.start) / seg.dt - 1e-9) if seg.dt > 0 else 0
+        progress = self.compute.done_s(self)  # table seconds into the segment
+        done = math.ceil(progress / seg.dt - 1e-9) if seg.dt > 0 else 0
         done = max(0, done)
         if done >= seg.steps:
             return
         seg.steps = done
         self._token += 1
         seg.token = self._token
-        self.loop.at(seg.start + done * seg.dt, self._segment_done, seg.token)
+        self.compute.retarget(self, done * seg.dt, self._segment_done, seg.token)
 
     def _segment_done(self, token: int) -> None:
         seg = self._seg

@@ -7,7 +7,8 @@ the prefill instance computes the prompt, the decode instance allocates pages fo
 the decode instance lacks crosses the link (the first token reaches the client when it lands),
 decode generates the rest and, with PD-Caching-3, sends prompt and answer back to the prefill
 instance. Every index change of every instance reaches the router's tree of its role as an
-event, at once or after ``event_delay_s``.
+event, at once or after ``event_delay_s``. Instances compute on devices of their own, or share
+``shared_cores`` cores (:mod:`.compute`); ``request_overhead_s`` delays each request's start.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from memserve_router.policies import Decision
 from sglang_memserve.gpu.costmodel import CostTable, load_table
 from sglang_memserve.mempool.radix import Change
 
+from .compute import CorePool
 from .config import Role, SimConfig
 from .instance import Job, SimInstance
 from .kv import HOST
@@ -49,12 +51,15 @@ class Simulator:
         self.loop = EventLoop()
         self.router = SimRouter(cfg, self.table, self.per_page_s)
         self.instances: dict[str, SimInstance] = {}
+        # One pool for all when the instances share cores; else each makes its own device.
+        shared = (CorePool(self.loop, cfg.shared_cores) if cfg.shared_cores is not None
+                  else None)
         for i, role in enumerate(cfg.roles()):
             iid = f"{role[0]}{i}"
             self.router.add_instance(iid, role, i)
             self.instances[iid] = SimInstance(iid, role, cfg.instance, self.table,
                                               cfg.unit_tokens, self.loop, self,
-                                              self._sink(iid, role), cfg.evict_batch)
+                                              self._sink(iid, role), cfg.evict_batch, shared)
         self.jobs: list[Job] = []
         self.arrived: list[SimRequest] = []
         self.migrations = self.migrated_tokens = self.kv_returns = 0
@@ -93,8 +98,16 @@ class Simulator:
             job.decode = self.instances[dw.id]
         else:
             job.decode = job.prefill
+        if self.cfg.request_overhead_s > 0:
+            self.loop.after(self.cfg.request_overhead_s, self._start, job, first, dec)
+        else:
+            self._start(job, first, dec)
+
+    def _start(self, job: Job, role: Role, dec: Decision) -> None:
+        """Carry out ``dec`` for ``job``: migrate first if it says so, then queue the prefill."""
+        assert job.prefill is not None
         if dec.migrate_from:
-            self._migrate(job, first, dec, self.instances[dec.migrate_from])
+            self._migrate(job, role, dec, self.instances[dec.migrate_from])
         else:
             job.prefill.submit(job)
 
