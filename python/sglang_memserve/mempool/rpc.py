@@ -17,6 +17,7 @@ import hmac
 import os
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
@@ -211,36 +212,88 @@ class RpcServer:
         self._ctx.term()
 
 
-class _ProcessContext:
-    """The ZMQ context of :func:`rpc_call`, one per process, created on first use.
+# Bounds on the sockets rpc_call keeps open between calls (per process).
+MAX_IDLE_PER_ENDPOINT = 4  # callers of one endpoint at once beyond this connect afresh
+MAX_ENDPOINTS = 64  # endpoints kept; the least recently used one's sockets are closed
 
-    Why this is safe: a ZMQ context is thread-safe (each call still makes its own socket, which
-    only its thread touches), and a child process never uses its parent's -- libzmq contexts do
-    not survive ``fork`` (their I/O thread is not copied). ``reset`` runs in every forked child
-    (``os.register_at_fork``) and drops the inherited context and lock without touching them,
-    and the pid check covers a child made some other way; the child then creates its own.
+
+class _Channels:
+    """The ZMQ context of :func:`rpc_call` and its idle connections, one per process.
+
+    A call takes an idle DEALER socket connected to its endpoint (or connects a new one), uses
+    it alone and gives it back only after it read that request's reply; after a timeout or any
+    error the socket is closed, so a late reply can never be read by a later call. ZMQ sockets
+    are not thread-safe, but one may move between threads across a lock (a full memory
+    barrier): only one thread holds a socket at a time. A peer that restarted on the same
+    endpoint is reached again through ZMQ's own reconnect.
+
+    Why this is safe across processes: a ZMQ context is thread-safe, and a child process never
+    uses its parent's -- libzmq contexts do not survive ``fork`` (their I/O thread is not
+    copied). ``reset`` runs in every forked child (``os.register_at_fork``) and drops the
+    inherited context, sockets and lock without touching them, and the pid check covers a
+    child made some other way; the child then creates its own.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ctx: zmq.Context | None = None
-        self._pid = -1
-
-    def get(self) -> zmq.Context:
-        ctx = self._ctx
-        if ctx is not None and self._pid == os.getpid() and not ctx.closed:
-            return ctx
-        with self._lock:
-            if self._ctx is None or self._pid != os.getpid() or self._ctx.closed:
-                self._ctx, self._pid = zmq.Context(), os.getpid()
-            return self._ctx
+        self.reset()
 
     def reset(self) -> None:
         self._lock = threading.Lock()
-        self._ctx, self._pid = None, -1
+        self._ctx: zmq.Context | None = None
+        self._pid = -1
+        self._idle: OrderedDict[str, list[zmq.Socket]] = OrderedDict()
+        self.opened = 0  # sockets connected since the reset (for tests and stats)
+
+    def _context(self) -> zmq.Context:
+        # Under self._lock.
+        if self._ctx is None or self._pid != os.getpid() or self._ctx.closed:
+            self._ctx, self._pid = zmq.Context(), os.getpid()
+            self._idle = OrderedDict()
+        return self._ctx
+
+    def get(self) -> zmq.Context:
+        """The process's context (created on first use)."""
+        with self._lock:
+            return self._context()
+
+    def take(self, endpoint: str) -> zmq.Socket:
+        """A socket connected to ``endpoint`` that only the caller uses until :meth:`give`."""
+        with self._lock:
+            ctx = self._context()
+            idle = self._idle.get(endpoint)
+            if idle:
+                self._idle.move_to_end(endpoint)
+                return idle.pop()
+            sock = ctx.socket(zmq.DEALER)
+            self.opened += 1
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        return sock
+
+    def give(self, endpoint: str, sock: zmq.Socket) -> None:
+        """Keep ``sock`` for the next call to ``endpoint`` (its last request was answered)."""
+        drop: list[zmq.Socket] = []
+        with self._lock:
+            if self._pid != os.getpid() or self._ctx is None or self._ctx.closed:
+                return  # another process's or a closed context's socket: let it go
+            idle = self._idle.setdefault(endpoint, [])
+            self._idle.move_to_end(endpoint)
+            if len(idle) < MAX_IDLE_PER_ENDPOINT:
+                idle.append(sock)
+            else:
+                drop.append(sock)
+            while len(self._idle) > MAX_ENDPOINTS:
+                drop += self._idle.popitem(last=False)[1]
+        for s in drop:
+            s.close(0)
+
+    def idle(self, endpoint: str) -> int:
+        """Idle sockets kept for ``endpoint``."""
+        with self._lock:
+            return len(self._idle.get(endpoint, []))
 
 
-_CONTEXT = _ProcessContext()
+_CONTEXT = _Channels()
 os.register_at_fork(after_in_child=_CONTEXT.reset)
 
 
@@ -277,18 +330,22 @@ def rpc_call(
     if resolved is not None:
         header, nonce = resolved.sign_request(body)
         frames = [b"", header, body]
-    # DEALER: no REQ state machine to get stuck after a timeout; a late reply to a closed
-    # socket is dropped.
-    sock = _CONTEXT.get().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    # DEALER: no REQ state machine to get stuck after a timeout. The connection is reused
+    # (_Channels) only once this request's reply was read; otherwise it is closed, and a late
+    # reply to a closed socket is dropped.
+    sock = _CONTEXT.take(endpoint)
+    answered = False
     try:
-        sock.connect(endpoint)
         sock.send_multipart(frames)
         if not sock.poll(max(1, int(timeout_s * 1000))):
             raise TransferTimeout(f"{msg.get('op')} to {endpoint}: no reply in {timeout_s:.1f}s")
         parts = sock.recv_multipart()
+        answered = True
     finally:
-        sock.close(0)
+        if answered:
+            _CONTEXT.give(endpoint, sock)
+        else:
+            sock.close(0)
     payload = parts[1:] if parts and parts[0] == b"" else parts
     try:
         reply = orjson.loads(payload[-1])
