@@ -345,9 +345,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="SGLang's --decode-log-interval for every instance (default: SGLang's "
                          "40): its decode log lines give the step times by batch size")
     ap.add_argument("--server-nice", type=int, default=None,
-                    help="niceness of every process the benchmark starts and of itself, set "
-                         "once a configuration is up (negative: root only); e.g. -5 so that "
-                         "work other sessions run under nice 10 yields to the measured one")
+                    help="niceness of this benchmark's own scheduling group (a new session, "
+                         "so a new autogroup, see profiling.own_autogroup) and of every thread "
+                         "it starts (negative: root only); e.g. -5 so that other sessions' "
+                         "work yields to the measured one")
     args = ap.parse_args(argv)
     colo_env = ({"OMP_NUM_THREADS": str(args.colo_omp_threads)}
                 if args.colo_omp_threads else None)
@@ -379,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
             "page_size": args.page_size or 1, "rounds": args.rounds,
             "server_nice": args.server_nice, "decode_log_interval": args.decode_log_interval,
             "order": "forward on even rounds, reversed on odd rounds"}
+    if args.server_nice is not None:
+        meta["autogroup"] = profiling.own_autogroup(args.server_nice)
+        print(f"[pd_bench] scheduling group: {meta['autogroup']}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
     configs = args.configs.split(",")
     for rnd in range(args.rounds):

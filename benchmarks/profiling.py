@@ -181,6 +181,29 @@ def renice_tree(root: int, nice: int, skip: frozenset[int] = frozenset()) -> int
     return changed
 
 
+def own_autogroup(nice: int) -> str | None:
+    """Put this process in a scheduling group of its own with the given niceness.
+
+    With the kernel's autogroups (``/proc/sys/kernel/sched_autogroup_enabled``) CPU time is
+    shared between sessions first and by nice value only within one, so another session's
+    ``nice -n 10`` work still gets a whole session's share against ours. ``setsid`` starts a
+    new session (a new autogroup, inherited by every process started afterwards) and the
+    group's nice is written to ``/proc/self/autogroup`` (negative: root only).
+
+    Returns:
+        The autogroup line after the change, or None when the kernel has no autogroups.
+    """
+    path = Path("/proc/self/autogroup")
+    if not path.exists():
+        return None
+    try:
+        os.setsid()
+    except PermissionError:  # already a session or process-group leader: keep that group
+        pass
+    path.write_text(str(nice))
+    return path.read_text().strip()
+
+
 def _busy_s() -> float:
     """Non-idle CPU seconds of the whole host since boot (/proc/stat: all but idle, iowait)."""
     fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
