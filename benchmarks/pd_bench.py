@@ -96,7 +96,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
         "| config | JCT avg (s) | JCT p50 | JCT p99 | TTFT avg (s) | TTFT p50 | TTFT p99 | "
         "hit rate | output tok | computed prompt tok | computed on prefill | KV sent (MB) | "
         "KV MB / req | failed | JCT avg / colo | JCT avg per round | TTFT avg per round | "
-        "CPU s (prefill + decode, or colocated) |",
+        "CPU s (prefill + decode, or colocated; router) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
@@ -212,7 +212,11 @@ def _cpu_cell(runs: list[dict[str, Any]]) -> str:
     if any(not c for c in per):
         return "-"
     parts = zip(*per, strict=True)
-    return " + ".join(f"{statistics.fmean(p):.1f}" for p in parts)
+    cell = " + ".join(f"{statistics.fmean(p):.1f}" for p in parts)
+    routers = [r["facts"].get("router_cpu_s") for r in runs]
+    if all(x is not None for x in routers):
+        cell += f" (router {statistics.fmean(routers):.1f})"
+    return cell
 
 
 def _cpu(run: dict[str, Any], which: int | None) -> float:
@@ -230,6 +234,7 @@ RATIO_FIGURES: tuple[tuple[str, Any], ...] = (
     ("prefill tokens computed", _prefill_tokens),
     ("prefill CPU s", lambda r: _cpu(r, 0)),
     ("decode CPU s", lambda r: _cpu(r, 1)),
+    ("router CPU s", lambda r: r["facts"].get("router_cpu_s") or float("nan")),
 )
 
 
@@ -278,6 +283,7 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
                    if args.profile else nullcontext())
         mark = served.mark()
         cpu0 = [profiling.tree_cpu_s(pid) for pid in pids]
+        all0, self0 = profiling.tree_cpu_s(os.getpid()), profiling.own_cpu_s()
         decode_log = out / "logs" / f"round{rnd}" / setup.name / "decode.log"
         log_at = decode_log.stat().st_size if decode_log.exists() else 0
         t0 = time.perf_counter()
@@ -291,6 +297,11 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
         # much less sensitive to other jobs on the machine than latencies are.
         facts["cpu_s"] = [profiling.tree_cpu_s(pid) - c for pid, c in zip(pids, cpu0,
                                                                            strict=True)]
+        # The rest of what this benchmark started: the router (and py-spy when profiling);
+        # unpinned, it shares both cores with the instances. And the replay client itself.
+        facts["client_cpu_s"] = profiling.own_cpu_s() - self0
+        facts["router_cpu_s"] = (profiling.tree_cpu_s(os.getpid()) - all0
+                                 - facts["client_cpu_s"] - sum(facts["cpu_s"]))
         facts.update(served.delta(mark))
         facts.update(served.state())
     summary = summarize(records)

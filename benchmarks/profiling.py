@@ -146,6 +146,11 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process (all its threads)."""
+    return _cpu_s(os.getpid())
+
+
 def _cpu_s(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
