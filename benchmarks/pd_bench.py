@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -238,6 +239,14 @@ RATIO_FIGURES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _ratio_cell(ours: list[float], ref: list[float]) -> str:
+    """``mean (min-max, sd)`` of the per-round ratios; "-" when a round lacks the figure (an
+    older build's results)."""
+    if any(math.isnan(x) for x in ours + ref):
+        return "-"
+    return ratio_spread(ours, ref).fmt()
+
+
 def _target_ratios(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The issue's targets: MemServe PD+cache against PD-Basic and stock decode-cache PD, one
     ratio per round (rounds pair up by index), as mean (min-max, sd)."""
@@ -253,7 +262,7 @@ def _target_ratios(results: dict[str, list[dict[str, Any]]]) -> list[str]:
                        ("colo-nocache", "colocated, no cache")):
         if ref not in results:
             continue
-        cells = [ratio_spread([f(r) for r in ours], [f(r) for r in results[ref]]).fmt()
+        cells = [_ratio_cell([f(r) for r in ours], [f(r) for r in results[ref]])
                  for _, f in RATIO_FIGURES]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
