@@ -55,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
                    help="memserve policy: the holder of the longest cached prefix keeps a "
                         "request unless another instance's estimate is lower by more than this "
                         "fraction (0: lowest estimate always)")
+    p.add_argument("--prefill-hold-secs", type=float, default=RouterConfig.prefill_hold_s,
+                   help="longest a request waits for an earlier request's prefill of its "
+                        "prefix on the same instance, so that it hits instead of recomputing "
+                        "the prefix in the same batch (0: never waits)")
     p.add_argument("--migration-overhead-secs", type=float, default=None,
                    help="memserve policy: pin a migration's fixed cost (default: learned from "
                         "the migrations the router awaited)")
@@ -138,7 +142,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
             migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
             affinity_slack=a.affinity_slack, migration_overhead_s=a.migration_overhead_secs,
-            load_per_request_s=a.load_per_request_secs,
+            load_per_request_s=a.load_per_request_secs, prefill_hold_s=a.prefill_hold_secs,
             cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,
             balance_rel_threshold=a.balance_rel_threshold,

@@ -70,6 +70,9 @@ class RouterConfig:
         load_interval_s: how often each instance's ``/v1/loads`` is polled.
         predict_ttl_s: how long a routed request's pages count as cached on the chosen instance
             before an event confirms them.
+        prefill_hold_s: longest a request waits for an earlier request's prefill on the same
+            instance that is about to store its prefix (:mod:`memserve_router.inflight`; 0:
+            never waits).
         approx_ttl_s: lifetime of the approximate tree of an instance without KV events.
         request_timeout_s: bound on one proxied request.
         migrate_timeout_s: bound on one ``kv_push`` the router asks for.
@@ -116,6 +119,7 @@ class RouterConfig:
     load_interval_s: float = 0.5
     predict_ttl_s: float = 5.0
     approx_ttl_s: float = 120.0
+    prefill_hold_s: float = 5.0
     request_timeout_s: float = 600.0
     migrate_timeout_s: float = 30.0
     session_header: str = "X-Session-ID"
@@ -134,6 +138,8 @@ class RouterConfig:
             raise ValueError("a PD router fronts prefill and decode instances, not colocated ones")
         if not self.pd and roles - {"colocated"}:
             raise ValueError("prefill/decode instances need --pd-disaggregation")
+        if self.prefill_hold_s < 0:
+            raise ValueError(f"prefill hold must be >= 0 s, got {self.prefill_hold_s}")
         self.limits  # noqa: B018 -- validates them
         self.overload  # noqa: B018
         self.policy_config  # noqa: B018 -- validates the policies' settings at parse time

@@ -39,6 +39,12 @@ class RouterMetrics:
             buckets=(1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
         self.migration_bytes = Counter("memserve_router_migration_bytes",
                                        "KV bytes moved by migrations", registry=r)
+        self.holds = Counter("memserve_router_prefill_holds",
+                             "Requests held for an earlier request's prefill of their prefix",
+                             ["outcome"], registry=r)
+        self.hold_seconds = Histogram(
+            "memserve_router_prefill_hold_seconds", "How long a held request waited",
+            buckets=(1e-3, 1e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
         self.retries = Counter("memserve_router_retries",
                                "Requests retried on another instance", registry=r)
         r.register(_Collector(collect))

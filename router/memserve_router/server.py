@@ -22,6 +22,7 @@ from aiohttp import web
 
 from memserve_router.cluster import Cluster
 from memserve_router.config import ROLES, RouterConfig, WorkerSpec
+from memserve_router.inflight import InFlight, Prefilling
 from memserve_router.limits import Limits
 from memserve_router.metrics import RouterMetrics
 from memserve_router.policies import (
@@ -79,6 +80,7 @@ class Router:
         self._tokenizer_lock = asyncio.Lock()
         # Migrations in flight, per target: (the prefix moving, tokens it held, the push).
         self._moving: dict[str, list[tuple[Sequence[int], int, asyncio.Task]]] = {}
+        self.inflight = InFlight(config.prefill_hold_s)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -232,6 +234,26 @@ class Router:
                 outcome = await asyncio.shield(task)
                 headers["X-MemServe-Migration"] = _header(f"waited for {outcome}")
 
+    async def _enter(self, dst: Worker, prompt: Prompt, hit: int, headers: dict[str, str]
+                     ) -> Prefilling:
+        """Register the request's prefill on ``dst`` after holding it for earlier ones there
+        that are about to store its prefix (:class:`~memserve_router.inflight.InFlight`); sets
+        ``X-MemServe-Hold`` when it waited. Instances without KV events are never held for
+        (nothing would confirm the pages)."""
+        assert self.cluster is not None
+        tree = self.cluster.trees.get(dst.role)
+        if tree is None or not dst.info.events or not prompt.tokens:
+            return (await self.inflight.enter(dst.id, (), 0, dst.info.page_size,
+                                              lambda k: 0))[0]
+        entry, held = await self.inflight.enter(
+            dst.id, prompt.tokens, hit, dst.info.page_size,
+            lambda k: tree.held_tokens(dst.id, prompt.tokens[:k]))
+        if held is not None:
+            self.metrics.holds.labels(held.outcome).inc()
+            self.metrics.hold_seconds.observe(held.seconds)
+            headers["X-MemServe-Hold"] = _header(held.describe())
+        return entry
+
     async def _migrate(self, decision: Decision, prompt: Prompt, dst: Worker) -> str:
         """Ask the holder to push the prefix to ``dst`` (MemPool transfer_with_insert); on any
         failure the request is still served, recomputing what did not arrive.
@@ -325,7 +347,8 @@ class Router:
         est, uncached = self._account("colocated", worker, hit, prompt)
         headers = {"X-MemServe-Route": _header(decision.reason)}
         await self._arrive(decision, prompt, worker, headers)
-        done = _Once(lambda: worker.prefilled(est, uncached))
+        entry = await self._enter(worker, prompt, hit, headers)
+        done = _Once(lambda: (worker.prefilled(est, uncached), self.inflight.ended(entry)))
         try:
             return await self._proxy(request, worker, path, prompt.body, prompt.stream,
                                      headers=headers, first_byte=done)
@@ -342,11 +365,13 @@ class Router:
         self._account("decode", decode, dhit, prompt)
         headers = {"X-MemServe-Prefill": prefill.id, "X-MemServe-Route": _header(pdec.reason)}
         await self._arrive(pdec, prompt, prefill, headers)
+        entry = await self._enter(prefill, prompt, phit, headers)
         body = prompt.body | {"bootstrap_host": prefill.host,
                               "bootstrap_port": prefill.bootstrap_port,
                               "bootstrap_room": random.getrandbits(63)}
         prefill_done = asyncio.create_task(self._prefill(prefill, path, body))
-        prefill_done.add_done_callback(lambda _t: prefill.prefilled(est, uncached))
+        prefill_done.add_done_callback(lambda _t: (prefill.prefilled(est, uncached),
+                                                   self.inflight.ended(entry)))
         try:
             return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
                                      headers)

@@ -237,6 +237,11 @@ class GlobalTree:
             held += k
         return held
 
+    def held_tokens(self, instance_id: str, tokens: Sequence[int]) -> int:
+        """Tokens of ``tokens``' contiguous prefix that the events say ``instance_id`` holds
+        (``device`` or ``host``; predictions and approximations do not count). Reads only."""
+        return self._held_prefix(instance_id, self.tree.to_pages(tokens)) * self.page_size
+
     def _add_timed(self, instance_id: str, tier: str, tokens: Sequence[int], ttl_s: float,
                    now: float | None, start_after_held: bool) -> int:
         now = time.monotonic() if now is None else now

@@ -249,6 +249,51 @@ def _peer(server: ServerProcess) -> dict:
     return info["internal_states"][0]["memserve"]["peer"]
 
 
+def test_requests_sharing_an_inflight_prefix_wait_for_it_and_hit(
+        colo: Colo, reference: ServerProcess, tmp_path: Path) -> None:
+    """A burst of requests sharing a new prefix, behind a busy instance: the first computes it,
+    the router holds the others (they are routed to the same instance, predicted) until that
+    instance's events confirm the prefix, and they hit it instead of recomputing it in the same
+    batch. A router of its own in front of instance a alone, so the burst cannot spread."""
+    router = start_router(["--worker-urls", colo.a.url], tmp_path)
+    try:
+        rng = random.Random(7)
+        shared = [rng.randrange(10, 900) for _ in range(800)]
+        # a runs one request at a time: the first of the burst waits behind this one there.
+        blocker = threading.Thread(target=generate, args=(colo.a.url, [7, 8, 9]), kwargs={
+            "sampling": {"temperature": 0, "max_new_tokens": 120, "ignore_eos": True}})
+        blocker.start()
+        wait_for(lambda: requests.get(f"{router.url}/workers", timeout=10).json()["workers"][0]
+                 ["load"].get("num_running_reqs", 0) >= 1, what="a busy in the router's load")
+        results: dict[int, tuple[dict, dict]] = {}
+
+        def one(i: int) -> None:
+            results[i] = generate(router.url, shared + [10 + i, 11 + i])
+
+        first = threading.Thread(target=one, args=(0,))
+        first.start()
+        wait_for(lambda: requests.get(f"{router.url}/workers", timeout=10).json()["workers"][0]
+                 ["inflight"] >= 1, what="the first request routed")
+        rest = [threading.Thread(target=one, args=(i,)) for i in (1, 2, 3)]
+        for t in rest:
+            t.start()
+        for t in [blocker, first, *rest]:
+            t.join(timeout=120)
+        assert len(results) == 4
+        for i in (1, 2, 3):
+            out, headers = results[i]
+            hold = headers.get("X-MemServe-Hold", "")
+            assert hold.startswith("stored"), (i, headers)
+            assert out["meta_info"]["cached_tokens"] >= len(shared) - 16, (i, out["meta_info"])
+        for i in (0, 3):
+            ref, _ = generate(reference.url, shared + [10 + i, 11 + i])
+            assert results[i][0]["output_ids"] == ref["output_ids"]
+        metrics = requests.get(f"{router.url}/metrics", timeout=10).text
+        assert _metric(metrics, 'memserve_router_prefill_holds_total{outcome="stored"}') == 3
+    finally:
+        router.stop()
+
+
 def test_killed_instance_leaves_and_rejoins_after_restart(colo: Colo) -> None:
     colo.a.kill()
     for i in range(4):  # every request still succeeds (retried on b if routed to dead a)
