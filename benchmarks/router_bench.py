@@ -53,6 +53,8 @@ ROUTERS: dict[str, tuple[str, list[str]]] = {
                        ["--policy", "memserve", "--no-migrate"]),
     "memserve-greedy": ("memserve-router (memserve policy, no affinity slack)",
                         ["--policy", "memserve", "--affinity-slack", "0"]),
+    "memserve-nohold": ("memserve-router (memserve policy, no prefill hold)",
+                        ["--policy", "memserve", "--prefill-hold-secs", "0"]),
     "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),
     "sglang-cache-aware": ("sglang-router cache_aware", ["--policy", "cache_aware"]),
     "sglang-rr": ("sglang-router round_robin", ["--policy", "round_robin"]),
