@@ -103,7 +103,8 @@ def oracle_hit_rate(prompts: Sequence[Sequence[int]], page: int,
 # ---- replay ----------------------------------------------------------------------------------
 
 # memserve-router's explanation headers, kept per request (``--records``).
-_ROUTE_HEADERS = ("X-MemServe-Instance", "X-MemServe-Route", "X-MemServe-Migration")
+_ROUTE_HEADERS = ("X-MemServe-Instance", "X-MemServe-Route", "X-MemServe-Migration",
+                  "X-MemServe-Hold")
 
 
 async def _one(session: aiohttp.ClientSession, url: str, i: int, ids: list[int], at: float,
