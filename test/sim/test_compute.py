@@ -117,3 +117,21 @@ def test_request_overhead_is_added_before_the_prefill() -> None:
     sim.run([request(0, 1.0, tuple(range(8)), 4000, out=1)])
     j = sim.jobs[0]
     assert j.t_first - 1.0 == pytest.approx(0.005 + t.exec_time(4000, 0), rel=1e-9)
+
+
+def test_cost_scale_multiplies_the_instances_time_not_the_router_s_estimates() -> None:
+    t = load_table(TABLE)
+    sim = _sim(cost_scale=3.0)
+    sim.run([request(0, 0.0, tuple(range(8)), 4000, out=1)])
+    assert sim.jobs[0].t_first == pytest.approx(3.0 * t.exec_time(4000, 0), rel=1e-9)
+    assert sim.jobs[0].est_s == pytest.approx(t.exec_time(4000, 0), rel=1e-12)
+
+
+def test_the_router_can_estimate_with_its_own_table() -> None:
+    sim = _sim(router_cost_table="cpu-bench")
+    bench = load_table("cpu-bench")
+    assert sim.router.config.cost_table == "cpu-bench"
+    sim.run([request(0, 0.0, tuple(range(8)), 4000, out=1)])
+    j = sim.jobs[0]
+    assert j.est_s == pytest.approx(bench.exec_time(4000, 0), rel=1e-12)  # the router's view
+    assert j.t_first == pytest.approx(load_table(TABLE).exec_time(4000, 0), rel=1e-9)

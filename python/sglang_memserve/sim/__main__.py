@@ -98,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-cores", type=float, default=None,
                    help="all instances share this many cores by processor sharing (the CPU "
                         "bench: 2); default: a device each")
+    p.add_argument("--router-cost-table", default=None,
+                   help="the router's own --cost-table for its estimates (default: "
+                        "--cost-table's)")
+    p.add_argument("--cost-scale", type=float, default=1.0,
+                   help="what-if: instances take this many times the table's time")
     p.add_argument("--request-overhead-s", type=float, default=0.0,
                    help="fixed latency per request outside the instances (client and router "
                         "hops), added before its prefill is queued")
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         migration_overhead_s=a.migration_overhead_s,
                         load_per_request_s=a.load_per_request_s,
                         affinity_slack=a.affinity_slack, shared_cores=a.shared_cores,
+                        router_cost_table=a.router_cost_table, cost_scale=a.cost_scale,
                         request_overhead_s=a.request_overhead_s)
         sim = Simulator(cfg)
         t0 = time.perf_counter()

@@ -77,6 +77,11 @@ class SimConfig:
             number C: all instances share C cores by processor sharing -- while k of them run
             an iteration, each advances at min(1, C / k) of the table's speed
             (:class:`~.compute.CorePool`; the CPU bench's instances share 2 cores).
+        router_cost_table: the router's own ``--cost-table`` (the ``memserve`` policy's and the
+            queued-prefill estimates), when it differs from the instances' (None: the same).
+            memserve-router's default is ``cpu-bench``, whatever model the instances serve.
+        cost_scale: every iteration's table time is multiplied by this (> 0) for the instances,
+            not for the router's estimates: a what-if for instances slower than the table says.
         request_overhead_s: fixed latency a request spends outside the instances before its
             prefill is queued (client -> router -> instance hops), added to its TTFT; it uses
             no simulated compute.
@@ -101,6 +106,8 @@ class SimConfig:
     load_per_request_s: float | None = None
     affinity_slack: float | None = None
     shared_cores: float | None = None
+    router_cost_table: str | None = None
+    cost_scale: float = 1.0
     request_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -116,6 +123,8 @@ class SimConfig:
             raise ValueError(f"migration_overhead_s must be >= 0, got {self.migration_overhead_s}")
         if self.shared_cores is not None and not self.shared_cores > 0:
             raise ValueError(f"shared_cores must be positive, got {self.shared_cores}")
+        if not self.cost_scale > 0:
+            raise ValueError(f"cost_scale must be positive, got {self.cost_scale}")
         if self.request_overhead_s < 0:
             raise ValueError(f"request_overhead_s must be >= 0, got {self.request_overhead_s}")
         if self.predict_ttl_s <= 0 or self.event_delay_s < 0 or not 0 <= self.evict_batch < 1:

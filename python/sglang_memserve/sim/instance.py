@@ -124,15 +124,18 @@ class SimInstance:
         evict_batch: see :class:`~.config.SimConfig`.
         compute: where its iterations run (default: a device of its own; instances given one
             shared :class:`~.compute.CorePool` share its cores).
+        cost_scale: multiplies every prefill chunk's and decode step's table time.
     """
 
     def __init__(self, iid: str, role: Role, spec: InstanceSpec, table: CostTable,
                  unit_tokens: int, loop: EventLoop, hooks: Hooks, sink: Sink | None = None,
-                 evict_batch: float = 0.01, compute: CorePool | None = None) -> None:
+                 evict_batch: float = 0.01, compute: CorePool | None = None,
+                 cost_scale: float = 1.0) -> None:
         self.id, self.role, self.spec, self.table = iid, role, spec, table
         self.unit = unit_tokens
         self.loop, self.hooks = loop, hooks
         self.compute = compute if compute is not None else CorePool(loop)
+        self.cost_scale = cost_scale
         self.kv = KvIndex(spec.hbm_tokens // unit_tokens, spec.dram_tokens // unit_tokens, sink,
                           evict_batch)
         self.pages_per_unit = max(1, unit_tokens // table.page_size)
@@ -232,7 +235,7 @@ class SimInstance:
                 swap = 0.0
             a = job.done
             b = min(a + self.spec.chunk_tokens, job.req.tokens)
-            dt = self.table.exec_time(b, a) + swap
+            dt = self.table.exec_time(b, a) * self.cost_scale + swap
             self._busy = True
             self.stats.prefill_s += dt
             self.stats.chunks += 1
@@ -265,7 +268,7 @@ class SimInstance:
         self.stats.peak_batch = max(self.stats.peak_batch, n)
         steps = min(j.req.output_tokens - j.generated for j in batch)
         ctx = sum(j.req.tokens + j.generated for j in batch) / n + steps / 2
-        dt = self.table.decode_time(n, int(ctx))
+        dt = self.table.decode_time(n, int(ctx)) * self.cost_scale
         self._token += 1
         self._seg = _Segment(dt, steps, self._token, list(batch))
         self._busy = True

@@ -25,7 +25,7 @@ from memserve_router.config import RouterConfig, WorkerSpec
 from memserve_router.policies import Candidate, Decision, Policy, RouteRequest
 from memserve_router.server import Router
 from memserve_router.workers import Worker, WorkerInfo
-from sglang_memserve.gpu.costmodel import CostTable
+from sglang_memserve.gpu.costmodel import CostTable, load_table
 from sglang_memserve.mempool.radix import Change
 
 from .config import Role, SimConfig
@@ -34,7 +34,7 @@ from .config import Role, SimConfig
 def router_config(cfg: SimConfig, transfer_per_page_s: float) -> RouterConfig:
     """The :class:`RouterConfig` a user would start memserve-router with for ``cfg``."""
     return RouterConfig(pd=cfg.pd, policy=cfg.policy, decode_policy=cfg.decode_policy,
-                        cost_table=cfg.cost_table, transfer_per_page_s=transfer_per_page_s,
+                        cost_table=cfg.router_cost_table or cfg.cost_table, transfer_per_page_s=transfer_per_page_s,
                         migrate=cfg.migrate, min_migrate_gain_s=cfg.min_migrate_gain_s,
                         predict_ttl_s=cfg.predict_ttl_s,
                         **({} if cfg.affinity_slack is None
@@ -48,7 +48,7 @@ class SimRouter:
 
     Args:
         cfg: the simulated cluster.
-        table: its cost table.
+        table: its cost table (the router's too, unless ``cfg.router_cost_table`` names one).
         transfer_per_page_s: the link's cost per table page.
 
     Attributes:
@@ -60,13 +60,14 @@ class SimRouter:
 
     def __init__(self, cfg: SimConfig, table: CostTable, transfer_per_page_s: float) -> None:
         self.cfg = cfg
-        self.table = table
+        # The router estimates with its own table, as memserve-router loads --cost-table.
+        self.table = load_table(cfg.router_cost_table) if cfg.router_cost_table else table
         self.unit = cfg.unit_tokens
         self.config = router_config(cfg, transfer_per_page_s)
         # The router's own policy objects, built by the router from its configuration (no
         # I/O happens before its app starts).
         self.policies: dict[str, Policy] = Router(self.config).policies
-        self.cluster = Cluster(self.config, None, table.exec_time)  # type: ignore[arg-type]
+        self.cluster = Cluster(self.config, None, self.table.exec_time)  # type: ignore[arg-type]
         # Events come from the simulator, not a socket: close the feed's ZMQ socket now (an
         # open one would block its context's teardown when the cluster is collected).
         self.cluster.feed.close()

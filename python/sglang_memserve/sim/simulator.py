@@ -59,7 +59,8 @@ class Simulator:
             self.router.add_instance(iid, role, i)
             self.instances[iid] = SimInstance(iid, role, cfg.instance, self.table,
                                               cfg.unit_tokens, self.loop, self,
-                                              self._sink(iid, role), cfg.evict_batch, shared)
+                                              self._sink(iid, role), cfg.evict_batch, shared,
+                                              cfg.cost_scale)
         self.jobs: list[Job] = []
         self.arrived: list[SimRequest] = []
         self.migrations = self.migrated_tokens = self.kv_returns = 0
