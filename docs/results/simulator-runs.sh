@@ -1,12 +1,15 @@
 #!/bin/bash
 # Every simulator figure of docs/results/simulator.md, one run after another.
-#   bash docs/results/simulator-runs.sh COMMIT OUT_DIR [H200_TABLE]
+#   bash docs/results/simulator-runs.sh COMMIT OUT_DIR [H200_TABLE [RUN_DIR...]]
 # Runs from a snapshot of COMMIT (git archive) so that edits in the working tree during the runs
 # cannot mix in. The H200 table defaults to ../shared/reference/gpu/nvidia-h200.costmodel.json.
+# Each RUN_DIR is a `benchmarks/router_bench.py hits` output (Mooncake workload) measured before
+# 9a21bd4 (memserve-router's --affinity-slack default then 0.5) that the simulator replays.
 set -u
 COMMIT=${1:?commit}; O=$(mkdir -p "${2:?out dir}" && cd "$2" && pwd)
 ROOT=$(git rev-parse --show-toplevel)
 H200=$(realpath "${3:-$ROOT/../shared/reference/gpu/nvidia-h200.costmodel.json}")
+RUNS=(); for r in "${@:4}"; do RUNS+=("$(realpath "$r")"); done
 SNAP=$(mktemp -d)
 trap 'rm -rf "$SNAP"' EXIT
 git -C "$ROOT" archive "$COMMIT" | tar -x -C "$SNAP"
@@ -36,16 +39,18 @@ sim grow-r2 --instances 256 --policy memserve --replicas 2 --speedup 16
 sim grow-r4 --instances 256 --policy memserve --replicas 4 --speedup 8
 sim grow-r8 --instances 256 --policy memserve --replicas 8 --speedup 4
 sim rate10k-1024 --instances 1024 --policy memserve --replicas 8 --speedup 368
-# Against router_bench.py hits (4 tiny instances, 600 requests): the CPU bench table.
-VAL=(--instances 4 --workload mooncake --requests 600 --speedup 3 --unit-tokens 16 --scale-trace
-     --max-prompt-tokens 2000 --output-tokens 1 --check)
-for kv in 131072 8192; do
-    for p in memserve prefix round_robin; do
-        sim "validate-$p-$kv" "${VAL[@]}" --policy $p --hbm-tokens $kv --cost-table cpu-bench
-    done
-    sim "validate-memserve-nomig-$kv" "${VAL[@]}" --policy memserve --no-migrate --hbm-tokens $kv \
-        --cost-table cpu-bench
+"$PY" -m sglang_memserve.sim.plots policies "$O/sweep.jsonl" --out "$O/policies.png" \
+    > /dev/null 2>&1; echo "policies plot rc=$?" >> "$O/progress"
+# Against real router_bench.py hits runs (4 tiny instances on 2 cores): the tiny model's table.
+for r in "${RUNS[@]}"; do
+    timeout 600 "$PY" -m sglang_memserve.sim.validate "$r" --memserve-slack 0.5 --cpu-demand \
+        > "$O/validate-$(basename "$r").md" 2>&1
+    echo "validate $(basename "$r") rc=$?" >> "$O/progress"
 done
+if [ ${#RUNS[@]} -gt 0 ]; then
+    "$PY" -m sglang_memserve.sim.plots validation "$O"/validate-*.md --out "$O/validation.png" \
+        > /dev/null 2>&1; echo "validation plot rc=$?" >> "$O/progress"
+fi
 timeout 600 "$PY" -m sglang_memserve.sim.paper --cost-table "$H200" --json "$O/paper.json" --plot "$O/paper.png" \
     > "$O/paper.md" 2>&1; echo "paper rc=$?" >> "$O/progress"
 timeout 600 "$PY" -m sglang_memserve.sim.paper --cost-table "$H200" --prefill-share 0.75 \
