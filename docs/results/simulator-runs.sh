@@ -1,15 +1,16 @@
 #!/bin/bash
 # Every simulator figure of docs/results/simulator.md, one run after another.
-#   bash docs/results/simulator-runs.sh COMMIT OUT_DIR [H200_TABLE [RUN_DIR...]]
+#   bash docs/results/simulator-runs.sh COMMIT OUT_DIR [H200_TABLE [RUN_DIR[=SLACK]...]]
 # Runs from a snapshot of COMMIT (git archive) so that edits in the working tree during the runs
 # cannot mix in. The H200 table defaults to ../shared/reference/gpu/nvidia-h200.costmodel.json.
-# Each RUN_DIR is a `benchmarks/router_bench.py hits` output (Mooncake workload) measured before
-# 9a21bd4 (memserve-router's --affinity-slack default then 0.5) that the simulator replays.
+# Each RUN_DIR is a `benchmarks/router_bench.py hits` output (Mooncake workload) that the
+# simulator replays; SLACK is memserve-router's default --affinity-slack at the commit measured
+# (0.5 before 9a21bd4; without it, today's default).
 set -u
 COMMIT=${1:?commit}; O=$(mkdir -p "${2:?out dir}" && cd "$2" && pwd)
 ROOT=$(git rev-parse --show-toplevel)
 H200=$(realpath "${3:-$ROOT/../shared/reference/gpu/nvidia-h200.costmodel.json}")
-RUNS=(); for r in "${@:4}"; do RUNS+=("$(realpath "$r")"); done
+RUNS=(); for r in "${@:4}"; do RUNS+=("$(realpath "${r%%=*}")$([[ $r == *=* ]] && echo "=${r#*=}")"); done
 SNAP=$(mktemp -d)
 trap 'rm -rf "$SNAP"' EXIT
 git -C "$ROOT" archive "$COMMIT" | tar -x -C "$SNAP"
@@ -43,9 +44,10 @@ sim rate10k-1024 --instances 1024 --policy memserve --replicas 8 --speedup 368
     > /dev/null 2>&1; echo "policies plot rc=$?" >> "$O/progress"
 # Against real router_bench.py hits runs (4 tiny instances on 2 cores): the tiny model's table.
 for r in "${RUNS[@]}"; do
-    timeout 600 "$PY" -m sglang_memserve.sim.validate "$r" --memserve-slack 0.5 --cpu-demand \
-        > "$O/validate-$(basename "$r").md" 2>&1
-    echo "validate $(basename "$r") rc=$?" >> "$O/progress"
+    dir=${r%%=*}; slack=(); [[ $r == *=* ]] && slack=(--memserve-slack "${r#*=}")
+    timeout 600 "$PY" -m sglang_memserve.sim.validate "$dir" "${slack[@]}" --cpu-demand \
+        > "$O/validate-$(basename "$dir").md" 2>&1
+    echo "validate $(basename "$dir") rc=$?" >> "$O/progress"
 done
 if [ ${#RUNS[@]} -gt 0 ]; then
     "$PY" -m sglang_memserve.sim.plots validation "$O"/validate-*.md --out "$O/validation.png" \
