@@ -125,18 +125,20 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
 
 def _host_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Per round and configuration: what else used the host's cores during the replay."""
-    rows = [(r["round"], name, r["facts"]["host"]) for name, runs in results.items()
-            for r in runs if "host" in r["facts"]]
+    rows = [(r["round"], name, r["facts"]["host"], r["facts"].get("runqueue_wait_s"))
+            for name, runs in results.items() for r in runs if "host" in r["facts"]]
     if not rows:
         return []
     out = ["", "Other work on the host during each replay (CPU of processes outside this "
            "benchmark, in cores; 1-minute load average; the largest other users):", "",
-           "| round | config | others (cores) | load avg (mean / max) | top others (CPU s) |",
-           "|---|---|---|---|---|"]
-    for rnd, name, h in sorted(rows, key=lambda x: x[0]):
+           "| round | config | others (cores) | load avg (mean / max) | instances waited for "
+           "their core (s, prefill + decode) | top others (CPU s) |",
+           "|---|---|---|---|---|---|"]
+    for rnd, name, h, waits in sorted(rows, key=lambda x: x[0]):
         top = ", ".join(f"{cmd} {c:.1f}" for c, _, cmd in h["top"][:3]) or "-"
+        wait = " + ".join(f"{w:.1f}" for w in waits) if waits else "-"
         out.append(f"| {rnd} | {SETUPS[name].label} | {h['others_cores']:.2f} | "
-                   f"{h['loadavg_mean']:.1f} / {h['loadavg_max']:.1f} | {top} |")
+                   f"{h['loadavg_mean']:.1f} / {h['loadavg_max']:.1f} | {wait} | {top} |")
     return out
 
 
@@ -293,6 +295,7 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
         mark = served.mark()
         cpu0 = [profiling.tree_cpu_s(pid) for pid in pids]
         all0, self0 = profiling.tree_cpu_s(os.getpid()), profiling.own_cpu_s()
+        sched0 = [profiling.sched_s(pid) for pid in pids]
         decode_log = out / "logs" / f"round{rnd}" / setup.name / "decode.log"
         log_at = decode_log.stat().st_size if decode_log.exists() else 0
         t0 = time.perf_counter()
@@ -309,6 +312,11 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
         # The rest of what this benchmark started: the router (and py-spy when profiling);
         # unpinned, it shares both cores with the instances. And the replay client itself.
         facts["client_cpu_s"] = profiling.own_cpu_s() - self0
+        # Per instance: seconds its threads waited for their core while runnable (others on
+        # the core delayed it), beside their time on it.
+        sched = [profiling.sched_s(pid) for pid in pids]
+        facts["run_s"] = [a[0] - b[0] for a, b in zip(sched, sched0, strict=True)]
+        facts["runqueue_wait_s"] = [a[1] - b[1] for a, b in zip(sched, sched0, strict=True)]
         facts["router_cpu_s"] = (profiling.tree_cpu_s(os.getpid()) - all0
                                  - facts["client_cpu_s"] - sum(facts["cpu_s"]))
         facts.update(served.delta(mark))
@@ -320,6 +328,7 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
     print(f"[pd_bench] round {rnd} {setup.name}: jct_avg={summary['jct_avg']:.3f}s "
           f"ttft_avg={summary['ttft_avg']:.3f}s hit={summary['hit_rate']:.2f} "
           f"failed={summary['failed']} wall={facts['wall_s']:.1f}s "
+          f"waited for the core: {' + '.join(f'{w:.1f}' for w in facts['runqueue_wait_s'])}s "
           f"others={host['others_cores']:.2f} cores (load {host['loadavg_mean']:.1f}; "
           f"{', '.join(f'{c:.1f}s {cmd}' for c, _, cmd in host['top'][:3])})", flush=True)
     return {"round": rnd, "summary": summary, "facts": facts, "records": to_jsonable(records)}

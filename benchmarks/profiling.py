@@ -209,6 +209,25 @@ def own_autogroup(nice: int) -> str | None:
     return path.read_text().strip()
 
 
+def sched_s(root: int) -> tuple[float, float]:
+    """``(on CPU, waiting to run)`` seconds summed over every thread of ``root``'s process tree
+    (``/proc/PID/task/TID/schedstat``; threads that already ended are not counted).
+
+    The wait is time a thread was runnable but another one held its core: on a pinned
+    instance, how long the other processes on its core (its own helpers, the router, other
+    sessions' work) delayed it. Take differences between two calls.
+    """
+    run = wait = 0
+    for pid in tree_pids(root):
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                fields = stat.read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
 def _busy_s() -> float:
     """Non-idle CPU seconds of the whole host since boot (/proc/stat: all but idle, iowait)."""
     fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
