@@ -76,3 +76,24 @@ def test_own_autogroup_gives_a_new_session_its_nice() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[-3:] == ["nice", "3", "True"]
+
+
+def test_sched_s_sees_a_thread_kept_off_its_core() -> None:
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+    core = sorted(os.sched_getaffinity(0))[0]
+    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)\n" + spin])
+            for _ in range(2)]
+    try:
+        for k in kids:  # both on one core: each waits while the other runs
+            os.sched_setaffinity(k.pid, {core})
+        deadline = time.monotonic() + 20
+        run, wait = profiling.sched_s(kids[0].pid)
+        while run < 0.4 and time.monotonic() < deadline:  # into the spin
+            time.sleep(0.1)
+            run, wait = profiling.sched_s(kids[0].pid)
+        assert run >= 0.4
+        assert wait >= 0.1
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
