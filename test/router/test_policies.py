@@ -458,9 +458,28 @@ def test_memserve_affinity_without_any_hit_is_the_plain_choice():
 
 def test_affinity_slack_is_validated():
     with pytest.raises(ValueError, match="affinity_slack"):
-        PolicyConfig(affinity_slack=1.0)
-    with pytest.raises(ValueError, match="affinity_slack"):
         PolicyConfig(affinity_slack=-0.1)
+    with pytest.raises(ValueError, match="affinity_slack"):
+        PolicyConfig(affinity_slack=float("nan"))
+
+
+def test_memserve_affinity_from_one_on_keeps_a_whole_cached_conversation():
+    """At slack 1 a holder caching the whole prompt beyond the best option keeps it however
+    long its queue; one caching half of it keeps it up to twice the best estimate, and slack 2
+    keeps that one too."""
+    x = 1024
+    t = load_table("cpu-bench")
+    far = 50 * t.exec_time(x, 0)
+    whole = [cand("idle"), cand("holder", hit=x, wait=far)]
+    assert memserve(migrate=False, affinity_slack=1.0).select(
+        RouteRequest(x), whole).instance_id == "holder"
+    assert memserve(migrate=False, affinity_slack=0.95).select(
+        RouteRequest(x), whole).instance_id == "idle"
+    half = [cand("idle"), cand("holder", hit=x // 2, wait=3 * t.exec_time(x, 0))]
+    assert memserve(migrate=False, affinity_slack=1.0).select(
+        RouteRequest(x), half).instance_id == "idle"
+    assert memserve(migrate=False, affinity_slack=2.0).select(
+        RouteRequest(x), half).instance_id == "holder"
 
 
 def test_memserve_migration_can_be_disabled():
@@ -608,7 +627,7 @@ def test_memserve_equal_estimates_keep_the_longer_hit() -> None:
             assert policy.select(RouteRequest(x), order).instance_id == "warm"
 
 
-@pytest.mark.parametrize("flags", [["--affinity-slack", "2"], ["--migration-overhead-secs", "-1"],
+@pytest.mark.parametrize("flags", [["--affinity-slack", "-1"], ["--migration-overhead-secs", "-1"],
                                    ["--min-migrate-gain-secs", "-0.5"]])
 def test_bad_policy_flags_are_cli_errors(flags, capsys):
     """A bad policy setting is refused when the command line is parsed, with the cause."""

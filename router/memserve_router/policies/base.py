@@ -196,7 +196,9 @@ class PolicyConfig:
         affinity_slack: ``memserve``: the instance holding the longest cached prefix keeps the
             request unless another option's estimate is below the holder's by more than this
             fraction of it, scaled by the share of the prompt the holder caches beyond that
-            option (0: pure lowest estimate). The estimates are a queue model over a
+            option (0: pure lowest estimate; from 1 on, a holder caching the whole prompt
+            beyond the other option never loses it, and one caching a share above
+            ``1 / affinity_slack`` neither). The estimates are a queue model over a
             cost table; moving a conversation on a small predicted gain loses its cache for a
             gain inside the model's error. Migrations (the cache moves along) are not held
             back by it.
@@ -229,8 +231,8 @@ class PolicyConfig:
             raise ValueError("min_migrate_gain_s and load_per_request_s must be >= 0")
         if self.migration_overhead_s is not None and self.migration_overhead_s < 0:
             raise ValueError(f"migration_overhead_s must be >= 0, got {self.migration_overhead_s}")
-        if not 0.0 <= self.affinity_slack < 1.0:
-            raise ValueError(f"affinity_slack must be in [0, 1), got {self.affinity_slack}")
+        if not self.affinity_slack >= 0.0:
+            raise ValueError(f"affinity_slack must be >= 0, got {self.affinity_slack}")
         if self.max_migrate_sources < 1 or self.session_table_size < 1:
             raise ValueError("max_migrate_sources and session_table_size must be >= 1")
 
