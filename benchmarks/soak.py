@@ -450,6 +450,12 @@ def run(opts: SoakOptions) -> dict[str, Any]:
                              and r.status >= 500 for r in soak.records),
         "malformed_status": dict(Counter(str(r.status) for r in soak.records
                                          if r.kind == "malformed")),
+        # How the well-formed requests were answered (a 500 is no clear error: SGLang's own).
+        "status": dict(Counter(str(r.status) for r in soak.records if r.kind != "malformed")),
+        # Failed because decode's KV transfer from prefill failed (SGLang's "Decode transfer
+        # failed"; the router turns it into a retry or a 503).
+        "transfer_failed": sum(r.outcome == "failed" and "transfer failed" in r.detail
+                               for r in soak.records),
         "faults": [asdict(f) | {"start": round(f.start - soak.t0, 2),
                                 "end": round(f.end - soak.t0, 2)} for f in soak.faults],
         "skipped_faults": [f for f in opts.faults if not cluster.applies(f)],

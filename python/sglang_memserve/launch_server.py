@@ -185,6 +185,12 @@ def build(argv: Sequence[str], cpu: bool) -> tuple[MemServeConfig, list[str], di
             "MC_TCP_BIND_ADDRESS": host,
             "MC_TRANSFER_TIMEOUT": "5",
             "MC_LOG_LEVEL": "ERROR",
+            # Prefill blacklists a decode's Mooncake session after one failed send (a frozen
+            # and thawed instance: the transfer timed out meanwhile) and probes it every 30 s
+            # by default; until then every request to that decode fails (13 s seen). Probe
+            # every second instead (docs/reliability.md).
+            "SGLANG_FAILED_SESSION_PROBE_INTERVAL_S": "1",
+            "SGLANG_FAILED_SESSION_PROBE_MAX_INTERVAL_S": "5",
             **({"MOONCAKE_PROTOCOL": "tcp", "MC_FORCE_TCP": "1"} if cpu else {}),
         })
     secret_file = None

@@ -72,6 +72,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--health-check-interval-secs", type=float, default=2.0)
     p.add_argument("--health-check-timeout-secs", type=float, default=10.0)
     p.add_argument("--health-failure-threshold", type=int, default=3)
+    p.add_argument("--liveness-interval-secs", type=float,
+                   default=RouterConfig.liveness_interval_s,
+                   help="how often each instance's HTTP process is probed (GET /ping; 0: never)")
+    p.add_argument("--liveness-timeout-secs", type=float,
+                   default=RouterConfig.liveness_timeout_s,
+                   help="a liveness probe not answered within this failed")
+    p.add_argument("--liveness-failure-threshold", type=int,
+                   default=RouterConfig.liveness_failure_threshold,
+                   help="failed liveness probes in a row that take an instance out of rotation "
+                        "and end its requests that have not sent a byte (retried elsewhere)")
     p.add_argument("--load-interval-secs", type=float, default=0.5)
     p.add_argument("--predict-ttl-secs", type=float, default=5.0)
     p.add_argument("--request-timeout-secs", type=float, default=600.0)
@@ -90,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--request-read-timeout-secs", type=float,
                    default=RouterConfig.request_read_timeout_s,
                    help="a generation request's body must arrive within this (408; 0: none)")
+    p.add_argument("--header-read-timeout-secs", type=float,
+                   default=RouterConfig.header_read_timeout_s,
+                   help="a request's headers must arrive within this of its first byte (408 "
+                        "and the connection closed: slow-loris clients; 0: none)")
     p.add_argument("--mempool-secret-file", default=None, metavar="PATH",
                    help="the instances' control-channel secret (signs snapshot and kv_push "
                         "requests); default: $MEMSERVE_SECRET_FILE or $MEMSERVE_SECRET, else "
@@ -149,6 +163,9 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             health_interval_s=a.health_check_interval_secs,
             health_timeout_s=a.health_check_timeout_secs,
             health_failure_threshold=a.health_failure_threshold,
+            liveness_interval_s=a.liveness_interval_secs,
+            liveness_timeout_s=a.liveness_timeout_secs,
+            liveness_failure_threshold=a.liveness_failure_threshold,
             load_interval_s=a.load_interval_secs, predict_ttl_s=a.predict_ttl_secs,
             request_timeout_s=a.request_timeout_secs,
             retries=0 if a.disable_retries else 1,
@@ -156,7 +173,8 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             max_body_bytes=a.max_payload_size, max_n=a.max_n,
             max_concurrent_requests=max(0, a.max_concurrent_requests),
             queue_size=a.queue_size, queue_timeout_s=a.queue_timeout_secs,
-            request_read_timeout_s=a.request_read_timeout_secs)
+            request_read_timeout_s=a.request_read_timeout_secs,
+            header_read_timeout_s=a.header_read_timeout_secs)
         return config, a.log_level
     except (ValueError, AuthError) as exc:
         p.error(str(exc))

@@ -233,6 +233,8 @@ class Cluster:
         self._tasks = [asyncio.create_task(self.feed.run(), name="feed"),
                        asyncio.create_task(self._health_loop(), name="health"),
                        asyncio.create_task(self._load_loop(), name="loads")]
+        if self.config.liveness_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._live_loop(), name="liveness"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -267,18 +269,63 @@ class Cluster:
     async def _record_health(self, w: Worker, ok: bool) -> None:
         if ok:
             w.failures = 0
-            if not w.healthy:
+            if not w.healthy and w.alive:
                 await self._rejoin(w)
             return
         w.failures += 1
         if w.healthy and w.failures >= self.config.health_failure_threshold:
-            w.healthy = False
-            self.feed.remove(w.id)
-            tree = self.trees.get(w.role)
-            if tree is not None:
-                tree.remove_instance(w.id)
+            self._take_out(w)
             logger.warning("%s %s failed %d health checks: out of rotation and trees",
                            w.role, w.id, w.failures)
+
+    def _take_out(self, w: Worker) -> None:
+        """Out of rotation and of its type's tree (until :meth:`_rejoin`)."""
+        w.healthy = False
+        self.feed.remove(w.id)
+        tree = self.trees.get(w.role)
+        if tree is not None:
+            tree.remove_instance(w.id)
+
+    async def _live_loop(self) -> None:
+        # NOTE: separate from the readiness checks: /v1/loads and /health go through the
+        # scheduler, which a long prefill keeps busy for seconds; /ping is SGLang's HTTP
+        # process alone (a flag check), so only a frozen or dead process misses it.
+        while True:
+            await asyncio.sleep(self.config.liveness_interval_s)
+            workers = list(self.workers.values())
+            results = await asyncio.gather(*(self._alive(w) for w in workers))
+            for w, ok in zip(workers, results, strict=True):
+                if w.id in self.workers:
+                    self._record_live(w, ok)
+
+    async def _alive(self, w: Worker) -> bool:
+        """Whether ``w``'s HTTP process answered ``/ping`` in time (any status: it is up)."""
+        timeout = aiohttp.ClientTimeout(total=self.config.liveness_timeout_s)
+        try:
+            async with self.session.get(f"{w.url}/ping", timeout=timeout) as r:
+                await r.read()
+                return True
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    def _record_live(self, w: Worker, ok: bool) -> None:
+        """Count a liveness probe; the threshold-th miss in a row takes ``w`` out and ends
+        its requests that have not sent a byte. Changes ``w`` and the trees."""
+        if ok:
+            w.live_failures, w.alive = 0, True
+            return
+        w.live_failures += 1
+        if w.alive and w.live_failures >= self.config.liveness_failure_threshold:
+            w.alive = False
+            was = w.healthy
+            if was:
+                self._take_out(w)
+            ended = w.abort_waiting(
+                f"{w.id} stopped answering ({w.live_failures} liveness probes missed, "
+                f"{self.config.liveness_timeout_s:g}s each)")
+            logger.warning("%s %s missed %d liveness probes: %s, %d waiting request(s) ended",
+                           w.role, w.id, w.live_failures,
+                           "out of rotation and trees" if was else "already out", ended)
 
     async def _rejoin(self, w: Worker) -> None:
         """A recovered (or restarted) instance: fresh endpoints, fresh snapshot."""

@@ -67,6 +67,11 @@ class RouterConfig:
             policy's thresholds (sglang-router's ``cache_aware`` defaults).
         health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
             instance failing that many in a row leaves the rotation and the trees.
+        liveness_interval_s, liveness_timeout_s, liveness_failure_threshold: the liveness
+            probe (``GET /ping``, answered by SGLang's HTTP process, not its scheduler, so a
+            busy instance answers it at once): an instance that misses that many in a row is
+            taken out of rotation and its requests that have not sent a byte yet are ended
+            (retried elsewhere, else 503 with ``Retry-After``). 0 interval: no probe.
         load_interval_s: how often each instance's ``/v1/loads`` is polled.
         predict_ttl_s: how long a routed request's pages count as cached on the chosen instance
             before an event confirms them.
@@ -92,6 +97,8 @@ class RouterConfig:
             ``Retry-After``.
         request_read_timeout_s: a generation request's body must arrive within this (408
             after it; 0: no deadline).
+        header_read_timeout_s: any request's head (request line and headers) must arrive
+            within this of its first byte (408 and the connection closed; 0: no deadline).
     """
 
     workers: tuple[WorkerSpec, ...] = ()
@@ -116,6 +123,9 @@ class RouterConfig:
     health_interval_s: float = 2.0
     health_timeout_s: float = 10.0
     health_failure_threshold: int = 3
+    liveness_interval_s: float = 0.5
+    liveness_timeout_s: float = 1.5
+    liveness_failure_threshold: int = 2
     load_interval_s: float = 0.5
     predict_ttl_s: float = 5.0
     approx_ttl_s: float = 120.0
@@ -131,6 +141,7 @@ class RouterConfig:
     queue_size: int = 100
     queue_timeout_s: float = 60.0
     request_read_timeout_s: float = OverloadLimits.read_timeout_s
+    header_read_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         roles = {w.role for w in self.workers}
@@ -138,6 +149,14 @@ class RouterConfig:
             raise ValueError("a PD router fronts prefill and decode instances, not colocated ones")
         if not self.pd and roles - {"colocated"}:
             raise ValueError("prefill/decode instances need --pd-disaggregation")
+        if self.header_read_timeout_s < 0:
+            raise ValueError(f"header read timeout must be >= 0 s, got "
+                             f"{self.header_read_timeout_s}")
+        if self.liveness_interval_s < 0 or self.liveness_timeout_s <= 0 \
+                or self.liveness_failure_threshold < 1:
+            raise ValueError("liveness: interval >= 0, timeout > 0 and failure threshold >= 1 "
+                             f"required, got {self.liveness_interval_s}, "
+                             f"{self.liveness_timeout_s}, {self.liveness_failure_threshold}")
         if self.prefill_hold_s < 0:
             raise ValueError(f"prefill hold must be >= 0 s, got {self.prefill_hold_s}")
         self.limits  # noqa: B018 -- validates them

@@ -20,10 +20,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from memserve_router.checks import Fields, check, load_fields
 from memserve_router.cluster import Cluster
 from memserve_router.config import ROLES, RouterConfig, WorkerSpec
 from memserve_router.inflight import InFlight, Prefilling
-from memserve_router.limits import Limits
+from memserve_router.limits import Limits, header_deadline_middleware, install_header_deadline
 from memserve_router.metrics import RouterMetrics
 from memserve_router.policies import (
     Decision,
@@ -43,8 +44,15 @@ INFO_ROUTES = ("/v1/models", "/get_model_info", "/model_info", "/server_info",
 KEEPALIVE_S = 4.0
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+# Seconds a client is told to wait after a 503 (no instance can take the request now).
+RETRY_AFTER_S = 1
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    if status == 503 and headers is None:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return web.json_response({"error": {"message": message, "code": status}}, status=status,
+                             headers=headers)
 
 
 def _header(text: str) -> str:
@@ -54,7 +62,30 @@ def _header(text: str) -> str:
 
 
 class UpstreamError(RuntimeError):
-    """An instance failed before the router sent the client a byte (the request may be retried)."""
+    """An instance failed before the router sent the client a byte (the request may be retried).
+
+    ``status`` is the client's answer when no retry is left: 502, or 503 (with ``Retry-After``)
+    when the instance was found dead by the liveness probe."""
+
+    status: int = 502
+
+
+class InstanceDown(UpstreamError):
+    """The liveness probe found an instance dead while a request waited on it."""
+
+    status = 503
+
+
+class TransferFailed(UpstreamError):
+    """Decode answered that the request's KV transfer from prefill failed (SGLang's 500
+    ``Decode transfer failed``): nothing was generated, so it is retried like a failed
+    instance, and with none left the client gets 503 with ``Retry-After``, not a 500."""
+
+    status = 503
+
+
+# What SGLang's decode says when the KV of a request did not arrive (decode.py).
+TRANSFER_FAILED = b"Decode transfer failed"
 
 
 class Router:
@@ -78,6 +109,9 @@ class Router:
         self._pending: list[WorkerSpec] = []
         self._join_task: asyncio.Task | None = None
         self._tokenizer_lock = asyncio.Lock()
+        # SGLang's request-schema field names per route (None until loaded, or unknown).
+        self.fields: Fields | None = None
+        self._fields_task: asyncio.Task | None = None
         # Migrations in flight, per target: (the prefix moving, tokens it held, the push).
         self._moving: dict[str, list[tuple[Sequence[int], int, asyncio.Task]]] = {}
         self.inflight = InFlight(config.prefill_hold_s)
@@ -88,7 +122,8 @@ class Router:
         # Admission after the API key: an unauthenticated burst takes no slots.
         self.limits = Limits(self.config.overload, GENERATE_ROUTES)
         app = web.Application(client_max_size=self.config.max_body_bytes,
-                              middlewares=[self._auth, self.limits.middleware])
+                              middlewares=[header_deadline_middleware, self._auth,
+                                           self.limits.middleware])
         for path in GENERATE_ROUTES:
             app.router.add_post(path, self._generation_handler(path))
         for path in INFO_ROUTES:
@@ -111,6 +146,7 @@ class Router:
         self.session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps)
         self.cluster = Cluster(self.config, self.session, self.costs.exec_time)
         self.cluster.start()
+        self._fields_task = asyncio.create_task(self._load_fields())
         self._pending = list(self.config.workers)
         await self._join_pending()
         self._join_task = asyncio.create_task(self._join_loop())
@@ -122,6 +158,10 @@ class Router:
             await self.cluster.stop()
         if self.session is not None:
             await self.session.close()
+
+    async def _load_fields(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.fields = await loop.run_in_executor(None, load_fields)
 
     async def _join_pending(self) -> None:
         """Join every configured instance that answers; the rest are retried (still starting)."""
@@ -317,6 +357,9 @@ class Router:
         try:
             body = orjson.loads(await request.read())
             prompt = parse(path, body, self.tokenizer, self.config.limits)
+            # Judged in full before any instance is looked for: a malformed request gets its
+            # 4xx even while no instance is healthy.
+            check(path, body, self.fields)
         except web.HTTPRequestEntityTooLarge as exc:
             return _error(413, f"{exc.text} (--max-payload-size)")
         except (orjson.JSONDecodeError, BadRequest) as exc:
@@ -330,13 +373,14 @@ class Router:
                 return await route(request, path, prompt, session_id, tried)
             except NoCandidate:
                 role = "prefill/decode" if self.config.pd else "colocated"
-                return _error(503, f"no healthy {role} instance")
+                again = " left after a failed attempt" if attempt else ""
+                return _error(503, f"no healthy {role} instance{again}")
             except UpstreamError as exc:
                 logger.warning("attempt %d of %s failed: %s", attempt + 1, path, exc)
                 if attempt + 1 < attempts:
                     self.metrics.retries.inc()
                     continue
-                return _error(502, f"upstream failed: {exc}")
+                return _error(exc.status, f"upstream failed: {exc}")
         raise AssertionError("unreachable")
 
     async def _colocated(self, request: web.Request, path: str, prompt: Prompt,
@@ -349,11 +393,13 @@ class Router:
         await self._arrive(decision, prompt, worker, headers)
         entry = await self._enter(worker, prompt, hit, headers)
         done = _Once(lambda: (worker.prefilled(est, uncached), self.inflight.ended(entry)))
+        abort = worker.watch(asyncio.get_running_loop().create_future())
         try:
             return await self._proxy(request, worker, path, prompt.body, prompt.stream,
-                                     headers=headers, first_byte=done)
+                                     headers=headers, first_byte=done, abort=abort)
         finally:
             done()  # a failed request's queued prefill is not waiting there any more
+            worker.unwatch(abort)
             worker.finished()
 
     async def _pd(self, request: web.Request, path: str, prompt: Prompt,
@@ -372,10 +418,19 @@ class Router:
         prefill_done = asyncio.create_task(self._prefill(prefill, path, body))
         prefill_done.add_done_callback(lambda _t: (prefill.prefilled(est, uncached),
                                                    self.inflight.ended(entry)))
+        # Either instance found dead ends the request while it waits (prefill: until its half
+        # is done; decode: until the first byte).
+        abort = decode.watch(prefill.watch(asyncio.get_running_loop().create_future()))
+        prefill_done.add_done_callback(lambda _t: prefill.unwatch(abort))
         try:
             return await self._proxy(request, decode, path, body, prompt.stream, prefill_done,
-                                     headers)
+                                     headers, abort=abort)
+        except InstanceDown:
+            prefill_done.cancel()  # its connection closes: SGLang aborts the request on thaw
+            raise
         finally:
+            prefill.unwatch(abort)
+            decode.unwatch(abort)
             decode.finished()
             if not prefill_done.done():
                 # Decode answered; prefill's own response (discarded) ends on its own.
@@ -406,10 +461,12 @@ class Router:
     async def _proxy(self, request: web.Request, worker: Worker, path: str, body: dict,
                      stream: bool, prefill: asyncio.Task | None = None,
                      headers: dict[str, str] | None = None,
-                     first_byte: Callable[[], None] | None = None) -> web.StreamResponse:
-        """Forward to ``worker``; a failure before the first byte raises UpstreamError, one after
-        ends the stream with an error event (never a hang). In PD, a prefill that fails first
-        aborts the decode request."""
+                     first_byte: Callable[[], None] | None = None,
+                     abort: asyncio.Future[str] | None = None) -> web.StreamResponse:
+        """Forward to ``worker``; a failure before the first byte raises UpstreamError
+        (:class:`InstanceDown` when ``abort`` is set first: the liveness probe found an
+        instance of the request dead), one after ends the stream with an error event (never a
+        hang). In PD, a prefill that fails first aborts the decode request."""
         assert self.session is not None
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
         role = worker.role
@@ -417,7 +474,7 @@ class Router:
         served = {"X-MemServe-Instance": worker.id, **(headers or {})}
         try:
             upstream_cm = self.session.post(f"{worker.url}{path}", json=body, timeout=timeout)
-            upstream = await _race(upstream_cm.__aenter__(), prefill)
+            upstream = await _race(upstream_cm.__aenter__(), prefill, abort)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{worker.id}: {exc!r}") from exc
         except _PrefillFailed as exc:
@@ -425,32 +482,42 @@ class Router:
         try:
             if not stream or upstream.status != 200:
                 try:
-                    data = await _race(upstream.read(), prefill)
+                    data = await _race(upstream.read(), prefill, abort)
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise UpstreamError(f"{worker.id}: {exc!r}") from exc
                 except _PrefillFailed as exc:
                     return _error(exc.status, str(exc))
+                if role == "decode" and upstream.status >= 500 and TRANSFER_FAILED in data:
+                    raise TransferFailed(f"{worker.id}: {data[:300]!r}")
                 if first_byte is not None:
                     first_byte()
                 if upstream.status == 200:
                     self._actual_hit(role, data)
                 return web.Response(body=data, status=upstream.status, headers=served,
                                     content_type=upstream.content_type or "application/json")
+            # The first chunk is awaited before the client gets the status line: until then a
+            # failure can still be retried elsewhere or answered with a plain error.
+            try:
+                chunk = await _race(upstream.content.readany(), prefill, abort)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamError(f"{worker.id}: {exc!r}") from exc
+            except _PrefillFailed as exc:
+                return _error(exc.status, str(exc))
+            if role == "decode" and TRANSFER_FAILED in chunk:
+                raise TransferFailed(f"{worker.id}: {chunk[:300]!r}")
             resp = web.StreamResponse(status=200, headers={
                 "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
                 "Cache-Control": "no-cache", **served})
             await resp.prepare(request)
             last = b""
             try:
-                while True:
-                    chunk = await _race(upstream.content.readany(), prefill)
-                    if not chunk:
-                        break
+                while chunk:
                     if first_byte is not None:
                         first_byte()  # the prefill is done once the first token streams
                         first_byte = None
                     last = _last_event(last, chunk)
                     await resp.write(chunk)
+                    chunk = await _race(upstream.content.readany(), prefill)
             except (TimeoutError, aiohttp.ClientError, _PrefillFailed) as exc:
                 msg = orjson.dumps({"error": {"message": f"{worker.id} failed mid-stream: {exc}",
                                               "code": 502}})
@@ -653,14 +720,52 @@ class _PrefillFailed(RuntimeError):
         return getattr(self.args[0], "status", 502)
 
 
-async def _race(coro: Awaitable[Any], prefill: asyncio.Task | None) -> Any:
+async def _race(coro: Awaitable[Any], prefill: asyncio.Task | None,
+                abort: asyncio.Future[str] | None = None) -> Any:
+    """Await ``coro``; if ``prefill`` ends first with an error message, raise _PrefillFailed;
+    if ``abort`` is set first, raise :class:`InstanceDown` with its message.
+
+    NOTE: ``abort`` cancels the awaiting task itself rather than racing another task: a
+    stream's first chunk is then read exactly as without it (a task would let the connection's
+    end overtake the chunk already buffered)."""
+    if abort is None:
+        return await _race_prefill(coro, prefill)
+    if abort.done():
+        if asyncio.iscoroutine(coro):
+            coro.close()
+        raise InstanceDown(abort.result())
+    task = asyncio.current_task()
+    assert task is not None
+    waiting = [True]  # a callback already scheduled when this returns must not cancel later
+
+    def cancel(_f: asyncio.Future[str]) -> None:
+        if waiting[0]:
+            task.cancel()
+
+    abort.add_done_callback(cancel)
+    try:
+        return await _race_prefill(coro, prefill)
+    except asyncio.CancelledError:
+        if abort.done() and task.uncancel() == 0:
+            raise InstanceDown(abort.result()) from None
+        raise
+    finally:
+        waiting[0] = False
+        abort.remove_done_callback(cancel)
+
+
+async def _race_prefill(coro: Awaitable[Any], prefill: asyncio.Task | None) -> Any:
     """Await ``coro``; if ``prefill`` ends first with an error message, raise _PrefillFailed."""
     if prefill is None or prefill.done() and prefill.result() is None:
         return await coro
     if prefill.done():
         raise _PrefillFailed(prefill.result())
     task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task, prefill}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({task, prefill}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     if task in done:
         return task.result()
     err = prefill.result()
@@ -692,6 +797,7 @@ def run(config: RouterConfig) -> None:
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    install_header_deadline(config.header_read_timeout_s)
     web.run_app(Router(config).app(), host=config.host, port=config.port, access_log=None,
                 loop=loop, print=lambda *_a: logger.info(
                     "memserve-router listening on http://%s:%d", config.host, config.port))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,11 @@ class Worker:
         id: the name the trees and the metrics use (MemServe's instance id, else the URL).
         spec: how it was added. info: what it said of itself when it joined.
         healthy: in rotation. failures: consecutive failed health checks.
+        alive: its HTTP process answers the liveness probe (False after
+            ``liveness_failure_threshold`` misses in a row; it rejoins only once alive again).
+        live_failures: consecutive missed liveness probes.
+        aborts: one future per request on it that has not sent the client a byte yet; each is
+            set to a message when the instance is found dead (:meth:`abort_waiting`).
         polled: its last ``/v1/loads`` core figures, the request counts less this router's
             own requests in flight when the answer came (others' requests only).
         inflight: requests the router sent it that have not finished.
@@ -82,6 +88,9 @@ class Worker:
     info: WorkerInfo
     healthy: bool = True
     failures: int = 0
+    alive: bool = True
+    live_failures: int = 0
+    aborts: set[asyncio.Future[str]] = field(default_factory=set, repr=False, compare=False)
     polled: dict[str, float] = field(default_factory=dict)
     inflight: int = 0
     pending_s: float = 0.0
@@ -127,6 +136,27 @@ class Worker:
             queue_wait_s=self.pending_s + self.polled_wait_s,
         )
 
+    def watch(self, fut: asyncio.Future[str]) -> asyncio.Future[str]:
+        """Register ``fut`` to be set when this instance is found dead; returns it."""
+        self.aborts.add(fut)
+        return fut
+
+    def unwatch(self, fut: asyncio.Future[str] | None) -> None:
+        """``fut``'s request no longer depends on this instance (or has sent a byte)."""
+        if fut is not None:
+            self.aborts.discard(fut)
+
+    def abort_waiting(self, why: str) -> int:
+        """End every request on it that has not sent a byte (their futures get ``why``);
+        returns how many. Empties :attr:`aborts`."""
+        futs, self.aborts = self.aborts, set()
+        n = 0
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(why)
+                n += 1
+        return n
+
     def queue_prefill(self, seconds: float, tokens: int) -> None:
         """Account ``seconds`` of prefill work (``tokens`` uncached tokens) just routed to it."""
         self.pending_s += seconds
@@ -149,6 +179,7 @@ class Worker:
         """JSON-able view for ``GET /workers``; read-only."""
         return {
             "id": self.id, "url": self.url, "role": self.role, "healthy": self.healthy,
+            "alive": self.alive,
             "bootstrap_port": self.bootstrap_port, "page_size": self.info.page_size,
             "events": self.info.events, "control": self.info.control,
             "inflight": self.inflight, "load": self.polled,

@@ -45,4 +45,8 @@ def test_soak_miniature_with_faults(tmp_path: Path, tiny_model: Path) -> None:
     # Malformed requests prefill refuses get its 4xx through the PD router, not a 502.
     assert "502" not in report["malformed_status"], report["malformed_status"]
     assert report["malformed_accepted"] == 0, report["malformed_status"]
+    # Every malformed request got its 4xx (the router judges it before looking for an
+    # instance), and no well-formed one got a 500 (a failed KV transfer is a retry or a 503).
+    assert report["malformed_5xx"] == 0, report["malformed_status"]
+    assert "500" not in report["status"], (report["status"], report["failed_examples"])
     assert proc.returncode == 0, summary
