@@ -45,6 +45,9 @@ class Cluster:
         self._by_id: dict[str, list[Worker]] = {}
         self._no_hit: dict[str, tuple[frozenset[str], int, set[str]]] = {}
         self._tasks: list[asyncio.Task] = []
+        # The instances' peer registries follow the membership (peers_set, see sync_peers).
+        self._peers_dirty = False
+        self._peers_task: asyncio.Task | None = None
 
     # ---- membership -----------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Cluster:
             self.feed.add(wid, tree, info.events, info.control)
         logger.info("joined %s %s (%s, page %d, events %s)", spec.role, wid, spec.url,
                     info.page_size, "exact" if info.events else "approximate")
+        self.sync_peers()
         return worker
 
     def leave(self, wid: str) -> Worker:
@@ -121,6 +125,7 @@ class Cluster:
         if tree is not None:
             tree.remove_instance(wid)
         logger.info("left %s %s", worker.role, wid)
+        self.sync_peers()
         return worker
 
     def members(self, role: str) -> list[Worker]:
@@ -237,6 +242,8 @@ class Cluster:
             self._tasks.append(asyncio.create_task(self._live_loop(), name="liveness"))
 
     async def stop(self) -> None:
+        if self._peers_task is not None:
+            self._tasks.append(self._peers_task)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -334,12 +341,57 @@ class Cluster:
         except WorkerError as exc:
             logger.warning("%s answers /health but not /server_info: %s", w.id, exc)
             return
+        restarted = info.control != w.info.control
         w.info = info
         w.inflight, w.pending_s, w.healthy = 0, 0.0, True
+        if restarted or not w.peers_synced:
+            self.sync_peers()  # a new control endpoint, or a registry that missed an update
         tree = self.trees.get(w.role)
         if info.events and info.control and tree is not None:
             self.feed.add(w.id, tree, info.events, info.control)
         logger.info("%s %s is back in rotation", w.role, w.id)
+
+    # ---- peer registries ------------------------------------------------------------------
+
+    def sync_peers(self) -> None:
+        """Have every member's peer registry list the others' control endpoints (the
+        ``peers_set`` op, signed with the control secret), so that a migration may go to an
+        instance that joined at run time and nowhere else. Runs in the background; a change
+        while it runs sends again. No-op outside an event loop."""
+        self._peers_dirty = True
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._peers_task is None or self._peers_task.done():
+            self._peers_task = asyncio.create_task(self._sync_peers(), name="peers")
+
+    async def _sync_peers(self) -> None:
+        while self._peers_dirty:
+            self._peers_dirty = False
+            members = [w for w in self.workers.values() if w.info.control]
+            controls = {w.id: w.info.control for w in members}
+            await asyncio.gather(*(self._send_peers(
+                w, sorted({c for i, c in controls.items() if i != w.id})) for w in members))
+
+    async def _send_peers(self, w: Worker, peers: list[str]) -> None:
+        """``peers_set`` on ``w``; sets ``w.peers_synced``. Failures are logged (the next
+        membership change, or ``w``'s return to rotation, sends again)."""
+        from sglang_memserve.mempool.rpc import rpc_call
+
+        control, instance = w.info.control, w.info.instance_id
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: rpc_call(
+                control, {"op": "peers_set", "peers": peers},
+                timeout_s=self.config.health_timeout_s, expect_instance=instance,
+                auth=self.config.control_auth))
+        except Exception as exc:  # noqa: BLE001 -- MemPoolError and friends: logged, retried
+            w.peers_synced = False
+            logger.warning("peer registry of %s not updated: %r", w.id, exc)
+            return
+        w.peers_synced = True
+        logger.info("peer registry of %s: %d member(s)", w.id, len(peers))
 
     async def _load_loop(self) -> None:
         while True:

@@ -66,6 +66,7 @@ class Worker:
         alive: its HTTP process answers the liveness probe (False after
             ``liveness_failure_threshold`` misses in a row; it rejoins only once alive again).
         live_failures: consecutive missed liveness probes.
+        peers_synced: its peer registry holds the router's last member list (``peers_set``).
         aborts: one future per request on it that has not sent the client a byte yet; each is
             set to a message when the instance is found dead (:meth:`abort_waiting`).
         polled: its last ``/v1/loads`` core figures, the request counts less this router's
@@ -90,6 +91,7 @@ class Worker:
     failures: int = 0
     alive: bool = True
     live_failures: int = 0
+    peers_synced: bool = False
     aborts: set[asyncio.Future[str]] = field(default_factory=set, repr=False, compare=False)
     polled: dict[str, float] = field(default_factory=dict)
     inflight: int = 0
@@ -179,7 +181,7 @@ class Worker:
         """JSON-able view for ``GET /workers``; read-only."""
         return {
             "id": self.id, "url": self.url, "role": self.role, "healthy": self.healthy,
-            "alive": self.alive,
+            "alive": self.alive, "peers_synced": self.peers_synced,
             "bootstrap_port": self.bootstrap_port, "page_size": self.info.page_size,
             "events": self.info.events, "control": self.info.control,
             "inflight": self.inflight, "load": self.polled,

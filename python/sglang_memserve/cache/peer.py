@@ -51,7 +51,13 @@ from sglang_memserve.cache.bridge import SchedulerBridge
 from sglang_memserve.cache.staging import STAGING_BYTES, StagedWriter, WriteStats
 from sglang_memserve.config import control_endpoint
 from sglang_memserve.mempool import EngineMemPool
-from sglang_memserve.mempool.errors import MemPoolError, TransferError, UnknownPeer, UnknownTier
+from sglang_memserve.mempool.errors import (
+    InvalidRequest,
+    MemPoolError,
+    TransferError,
+    UnknownPeer,
+    UnknownTier,
+)
 from sglang_memserve.mempool.protocol import (
     DestinationAdapter,
     Peer,
@@ -69,6 +75,8 @@ logger = logging.getLogger(__name__)
 # Longest a destination holds a request for a prepared return (see the module docstring): about
 # one busy prefill iteration plus the write on the CPU host; past it, recomputing is cheaper.
 RETURN_HOLD_S = 0.5
+# Bound on one peers_set's list (a cluster's instances; a bigger list is a bad message).
+MAX_JOINED_PEERS = 4096
 
 
 @dataclass(frozen=True)
@@ -207,13 +215,16 @@ class PeerService:
         timeout_s: bound on every control request.
         hold_s: longest a bootstrapped request waits for a prepared return.
         peers: the control endpoints ``tcp://HOST:PORT`` pushes may go to (``--mempool-peers``);
-            None: any.
+            None: any. The router adds the members that join at run time (``peers_set``).
     """
 
     def __init__(self, cache: Any, pool: EngineMemPool, bridge: SchedulerBridge, transport: Any,
                  timeout_s: float = 10.0, hold_s: float = RETURN_HOLD_S,
                  peers: Sequence[str] | None = None) -> None:
-        self.peers = None if peers is None else frozenset(peers)
+        self.static_peers = None if peers is None else frozenset(peers)
+        # The router's members (``peers_set``), allowed besides the static ones; replaced whole
+        # (one attribute store), so the threads that read it never see half an update.
+        self.joined_peers: frozenset[str] = frozenset()
         self.cache = cache
         self.pool = pool
         self.bridge = bridge
@@ -232,13 +243,40 @@ class PeerService:
         self._worker = threading.Thread(target=self._run, name="memserve-peer", daemon=True)
         self._worker.start()
 
+    @property
+    def peers(self) -> frozenset[str] | None:
+        """Where pushes may go: the static peers and those the router registered (None: any)."""
+        if self.static_peers is None:
+            return None
+        return self.static_peers | self.joined_peers
+
     # ---- control-channel handlers (RPC thread) -------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
         """The protocol's ops (run on the scheduler thread) and ``kv_push``."""
         return {**protocol_handlers(self.incoming, lambda fn: self.bridge.call(fn, self.timeout_s),
                                     self.bridge.post, self._failed),
-                "kv_push": self._on_push}
+                "kv_push": self._on_push, "peers_set": self._on_peers_set}
+
+    def _on_peers_set(self, msg: dict) -> dict:
+        """Replace the peers registered at run time with ``msg["peers"]`` (the router sends its
+        members' control endpoints whenever they change); ``--mempool-peers`` stay. Changes
+        only :attr:`joined_peers`.
+
+        Raises:
+            InvalidRequest: ``peers`` is not a list of at most MAX_JOINED_PEERS ``HOST:PORT``
+                endpoints; nothing changed.
+        """
+        raw = msg.get("peers")
+        if not isinstance(raw, list) or len(raw) > MAX_JOINED_PEERS:
+            raise InvalidRequest(f"peers must be a list of at most {MAX_JOINED_PEERS} control "
+                                 f"endpoints, got {type(raw).__name__}")
+        try:
+            joined = frozenset(control_endpoint(p) for p in raw)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        self.joined_peers = joined
+        return {"joined": sorted(joined), "enforced": self.static_peers is not None}
 
     def _on_push(self, msg: dict) -> dict:
         """Push a cached prefix to ``msg["dst"]`` (migration: the router asks the owner);
@@ -382,7 +420,8 @@ class PeerService:
             raise UnknownPeer(str(exc)) from None
         if endpoint not in self.peers:
             raise UnknownPeer(f"{dst} is not a registered peer of this instance "
-                              f"(--mempool-peers: {', '.join(sorted(self.peers)) or 'none'}); "
+                              f"(--mempool-peers: {_listed(self.static_peers or ())}; joined: "
+                              f"{_listed(self.joined_peers)}); "
                               "nothing was sent")
 
     def _send(self, tokens: list[int], src_pages: list[int], peer: Peer) -> dict:
@@ -453,3 +492,7 @@ class PeerService:
                     job()
                 except Exception:  # keep the worker alive; the job reported its own failure
                     logger.exception("MemServe peer job failed")
+
+
+def _listed(endpoints: frozenset[str] | tuple[()]) -> str:
+    return ", ".join(sorted(endpoints)) or "none"
