@@ -55,6 +55,8 @@ ROUTERS: dict[str, tuple[str, list[str]]] = {
                         ["--policy", "memserve", "--affinity-slack", "0"]),
     "memserve-nohold": ("memserve-router (memserve policy, no prefill hold)",
                         ["--policy", "memserve", "--prefill-hold-secs", "0"]),
+    "memserve-slack095": ("memserve-router (memserve policy, affinity slack 0.95)",
+                          ["--policy", "memserve", "--affinity-slack", "0.95"]),
     "memserve-slack1": ("memserve-router (memserve policy, affinity slack 1.0)",
                         ["--policy", "memserve", "--affinity-slack", "1.0"]),
     "memserve-slack2": ("memserve-router (memserve policy, affinity slack 2.0)",
