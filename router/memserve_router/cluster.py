@@ -261,8 +261,9 @@ class Cluster:
     async def _healthy(self, w: Worker) -> bool:
         # NOTE: not SGLang's /health: by default it generates a token and waits >= 1 s (~40 ms
         # of the instance's CPU per call, measured on the tiny model; every few seconds on
-        # every instance). /v1/loads is answered by the scheduler loop itself (~2 ms), so it
-        # proves the same liveness; /health only where an instance has no /v1/loads.
+        # every instance). /v1/loads is answered by the HTTP process from the load snapshot the
+        # scheduler publishes in shared memory (SGLang's managers/load_snapshot.py), ~2 ms;
+        # /health only where an instance has no /v1/loads.
         timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
         try:
             async with self.session.get(f"{w.url}/v1/loads?include=core", timeout=timeout) as r:
@@ -294,9 +295,11 @@ class Cluster:
             tree.remove_instance(w.id)
 
     async def _live_loop(self) -> None:
-        # NOTE: separate from the readiness checks: /v1/loads and /health go through the
-        # scheduler, which a long prefill keeps busy for seconds; /ping is SGLang's HTTP
-        # process alone (a flag check), so only a frozen or dead process misses it.
+        # NOTE: faster than the readiness checks and with a short timeout, and it ends the
+        # requests waiting on a dead instance. /ping is SGLang's HTTP process alone (a flag
+        # check; /v1/loads too reads a snapshot the scheduler publishes in shared memory, while
+        # /health generates a token through the scheduler, which a long prefill keeps busy for
+        # seconds), so a busy instance answers it at once; only a frozen or dead one misses it.
         while True:
             await asyncio.sleep(self.config.liveness_interval_s)
             workers = list(self.workers.values())
