@@ -759,6 +759,8 @@ async def _race_prefill(coro: Awaitable[Any], prefill: asyncio.Task | None) -> A
     if prefill is None or prefill.done() and prefill.result() is None:
         return await coro
     if prefill.done():
+        if asyncio.iscoroutine(coro):
+            coro.close()  # never started: no "never awaited" warning
         raise _PrefillFailed(prefill.result())
     task = asyncio.ensure_future(coro)
     try:
