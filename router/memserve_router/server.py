@@ -84,8 +84,10 @@ class TransferFailed(UpstreamError):
     status = 503
 
 
-# What SGLang's decode says when the KV of a request did not arrive (decode.py).
+# What SGLang's decode says when the KV of a request did not arrive (decode.py), and what its
+# prefill answers when it could not send it (prefill.py).
 TRANSFER_FAILED = b"Decode transfer failed"
+PREFILL_TRANSFER_FAILED = b"Prefill transfer failed"
 
 
 class Router:
@@ -451,6 +453,8 @@ class Router:
                                         f"{data[:300]!r}")
                     if 400 <= r.status < 500:
                         err.status = r.status  # it refused the request: the client's error
+                    elif PREFILL_TRANSFER_FAILED in data:
+                        err.transfer = True  # nothing was generated: retried, else 503
                     return err
                 return None
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -478,7 +482,7 @@ class Router:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"{worker.id}: {exc!r}") from exc
         except _PrefillFailed as exc:
-            return _error(exc.status, str(exc))
+            return _prefill_failed(exc)
         try:
             if not stream or upstream.status != 200:
                 try:
@@ -486,7 +490,7 @@ class Router:
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise UpstreamError(f"{worker.id}: {exc!r}") from exc
                 except _PrefillFailed as exc:
-                    return _error(exc.status, str(exc))
+                    return _prefill_failed(exc)
                 if role == "decode" and upstream.status >= 500 and TRANSFER_FAILED in data:
                     raise TransferFailed(f"{worker.id}: {data[:300]!r}")
                 if first_byte is not None:
@@ -502,7 +506,7 @@ class Router:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise UpstreamError(f"{worker.id}: {exc!r}") from exc
             except _PrefillFailed as exc:
-                return _error(exc.status, str(exc))
+                return _prefill_failed(exc)
             if role == "decode" and TRANSFER_FAILED in chunk:
                 raise TransferFailed(f"{worker.id}: {chunk[:300]!r}")
             resp = web.StreamResponse(status=200, headers={
@@ -707,9 +711,10 @@ class _Once:
 class _PrefillError(str):
     """A prefill failure's message; ``status`` is what the client gets: prefill's own 4xx when
     it refused the request (a 502 there made a malformed request look like a server fault),
-    else 502."""
+    else 502. ``transfer``: prefill could not send the KV (``Prefill transfer failed``)."""
 
     status: int = 502
+    transfer: bool = False
 
 
 class _PrefillFailed(RuntimeError):
@@ -718,6 +723,14 @@ class _PrefillFailed(RuntimeError):
     @property
     def status(self) -> int:
         return getattr(self.args[0], "status", 502)
+
+
+def _prefill_failed(exc: _PrefillFailed) -> web.Response:
+    """The answer to a request whose prefill half failed before any byte; a failed KV send
+    raises :class:`TransferFailed` instead (retried, else 503 with ``Retry-After``)."""
+    if getattr(exc.args[0], "transfer", False):
+        raise TransferFailed(str(exc)) from exc
+    return _error(exc.status, str(exc))
 
 
 async def _race(coro: Awaitable[Any], prefill: asyncio.Task | None,
