@@ -60,10 +60,11 @@ class RouterConfig:
         affinity_slack: the ``memserve`` policy keeps a request on the holder of its longest
             cached prefix unless another option is estimated faster by more than this
             fraction of the holder's estimate, scaled by the share of the prompt the holder
-            caches beyond it (:class:`~memserve_router.policies.base.PolicyConfig`). The default
-            2 keeps a conversation whose cached history is over half its prompt with its KV
-            (it moves only by migration), while a shared system prompt still spreads: on
-            ``router_bench.py hits`` it reached 0.99 of the oracle where 0.95 gave 0.98.
+            caches beyond it (:class:`~memserve_router.policies.base.PolicyConfig`). At 2 a
+            conversation whose cached history is over half its prompt stays with its KV (it
+            moves only by migration): on ``router_bench.py hits`` that reached 0.99 of the
+            oracle with ample memory (0.97-0.98 at 0.95), but under memory pressure its P99
+            TTFT was 2x the default's, so the default stays 0.95 (docs/performance.md).
         load_per_request_s: the ``memserve`` policy's cost of each request already on an
             instance (seconds; small, so equal estimates spread). Raise it where requests
             decode long enough for a crowded instance's decode batch to slow them.
@@ -118,7 +119,7 @@ class RouterConfig:
     transfer_per_page_s: float | None = None
     migrate: bool = True
     min_migrate_gain_s: float = 0.05
-    affinity_slack: float = 2.0
+    affinity_slack: float = 0.95
     migration_overhead_s: float | None = None
     load_per_request_s: float = PolicyConfig.load_per_request_s
     cache_threshold: float = 0.3
