@@ -5,7 +5,7 @@
 # cannot mix in. The H200 table defaults to ../shared/reference/gpu/nvidia-h200.costmodel.json.
 # Each RUN_DIR is a `benchmarks/router_bench.py hits` output (Mooncake workload) that the
 # simulator replays; SLACK is memserve-router's default --affinity-slack at the commit measured
-# (0.5 before 9a21bd4, 0.95 until 08bfc50, 2 since; without it, today's default).
+# (0.5 before 9a21bd4, 0.95 since, except 2 at 08bfc50; without it, today's default).
 set -u
 COMMIT=${1:?commit}; O=$(mkdir -p "${2:?out dir}" && cd "$2" && pwd)
 ROOT=$(git rev-parse --show-toplevel)

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="one replay per value ('none': a device per instance)")
     p.add_argument("--memserve-slack", type=float, default=None,
                    help="memserve-router's default --affinity-slack at the measured commit "
-                        "(0.5 before 9a21bd4, 0.95 until 08bfc50; default: today's)")
+                        "(0.5 before 9a21bd4, 0.95 since but 2 at 08bfc50; default: today's)")
     p.add_argument("--request-overhead-s", type=float, default=0.0)
     p.add_argument("--trace", type=Path, default=None, help="override the run's trace path")
     a = p.parse_args(argv)
