@@ -408,7 +408,11 @@ def run(opts: SoakOptions) -> dict[str, Any]:
     cluster = Cluster(opts)
     soak = Soak(opts)
     t_start = time.monotonic()
-    cluster.start()
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()  # what did start (the reference, an instance) must not outlive the run
+        raise
     startup_s = time.monotonic() - t_start
     stop = threading.Event()
     try:
