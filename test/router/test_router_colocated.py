@@ -259,9 +259,10 @@ def test_requests_sharing_an_inflight_prefix_wait_for_it_and_hit(
     try:
         rng = random.Random(7)
         shared = [rng.randrange(10, 900) for _ in range(800)]
-        # a runs one request at a time: the first of the burst waits behind this one there.
+        # a runs one request at a time: the first of the burst waits behind this one there
+        # (long enough that the first cannot finish before the router has seen it in flight).
         blocker = threading.Thread(target=generate, args=(colo.a.url, [7, 8, 9]), kwargs={
-            "sampling": {"temperature": 0, "max_new_tokens": 120, "ignore_eos": True}})
+            "sampling": {"temperature": 0, "max_new_tokens": 1500, "ignore_eos": True}})
         blocker.start()
         wait_for(lambda: requests.get(f"{router.url}/workers", timeout=10).json()["workers"][0]
                  ["load"].get("num_running_reqs", 0) >= 1, what="a busy in the router's load")
@@ -274,6 +275,7 @@ def test_requests_sharing_an_inflight_prefix_wait_for_it_and_hit(
         first.start()
         wait_for(lambda: requests.get(f"{router.url}/workers", timeout=10).json()["workers"][0]
                  ["inflight"] >= 1, what="the first request routed")
+        assert blocker.is_alive(), "the blocker ended before the burst: the test proves nothing"
         rest = [threading.Thread(target=one, args=(i,)) for i in (1, 2, 3)]
         for t in rest:
             t.start()
