@@ -115,3 +115,57 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class StubProcess:
+    """This stub as a child process on a free loopback port (the tests' stand-in instance).
+
+    Args:
+        args: the stub's flags (``--role``, ``--bootstrap-port``, ...).
+    """
+
+    def __init__(self, *args: str) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.error
+        import urllib.request
+
+        from sglang_memserve.cluster import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "memserve_router.stub",
+                                      "--port", str(self.port), *args])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("stub did not start")
+
+    @property
+    def id(self) -> str:
+        """How the router names it (an instance without a MemServe instance id: its address)."""
+        return f"127.0.0.1:{self.port}"
+
+    def last(self) -> dict:
+        """The last request body it received."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/stub/last", timeout=5) as r:
+            return orjson.loads(r.read())
+
+    def stop(self) -> None:
+        """Kill it (continued first, in case a test stopped it); idempotent."""
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait()

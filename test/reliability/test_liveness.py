@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,36 +17,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from sglang_memserve.cluster import MemServeRouterProcess, free_port
+from memserve_router.stub import StubProcess as Stub
+from sglang_memserve.cluster import MemServeRouterProcess
 
 # The bound issue 13 sets: a clear error or a retried success within 5 s of the fault.
 BOUND_S = 5.0
 # Readiness checks that cannot act within a test (10 s timeout, 3 misses): only liveness does.
 SLOW_READINESS = ["--health-check-interval-secs", "2", "--health-check-timeout-secs", "10",
                   "--health-failure-threshold", "3"]
-
-
-class Stub:
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.id = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "memserve_router.stub",
-                                      "--port", str(self.port), *args])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("stub did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture()

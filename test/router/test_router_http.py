@@ -13,30 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from sglang_memserve.cluster import MemServeRouterProcess, free_port
-
-
-class StubProcess:
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "memserve_router.stub",
-                                      "--port", str(self.port), *args])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("stub did not start")
-
-    def last(self) -> dict:
-        return requests.get(f"{self.url}/stub/last", timeout=5).json()
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+from memserve_router.stub import StubProcess
+from sglang_memserve.cluster import MemServeRouterProcess
 
 
 def _id(stub: StubProcess) -> str:
@@ -49,7 +27,7 @@ def stubs() -> Iterator[list[StubProcess]]:
     made: list[StubProcess] = []
     yield made
     for s in made:
-        s.kill()
+        s.stop()
 
 
 def _router(args: list[str], tmp_path: Path) -> MemServeRouterProcess:
@@ -101,7 +79,7 @@ def test_dead_instance_is_retried_then_leaves(stubs: list[StubProcess], tmp_path
     stubs += [StubProcess(), StubProcess()]
     with _router(["--worker-urls", *(s.url for s in stubs), "--policy", "round_robin"],
                  tmp_path) as router:
-        stubs[0].kill()
+        stubs[0].stop()
         for _ in range(4):  # round robin hits the dead one: retried on the live one
             r = requests.post(f"{router.url}/generate", json={"input_ids": [1]}, timeout=10)
             assert r.status_code == 200 and r.headers["X-MemServe-Instance"] == _id(stubs[1])
