@@ -195,7 +195,8 @@ def run_config(name: str, workloads: Sequence[Workload], model_args: list[str], 
     Args:
         cpu_s: CPU seconds used so far by a process tree (pid -> s); None: not measured
             (else ``facts["cpu_s"]`` per instance, and ``facts["router_cpu_s"]`` behind a
-            colocated router).
+            colocated router). Behind a colocated memserve-router, ``facts["router"]`` holds
+            its hold / migration / retry counters' change over the workload.
     Returns:
         ``{"startup_s", "workloads": {name: {"summary", "facts", "records"}}}``.
     Raises:
@@ -210,6 +211,7 @@ def run_config(name: str, workloads: Sequence[Workload], model_args: list[str], 
             mark = served.mark()
             cpu0 = [cpu_s(p) for p in served.pids] if cpu_s else []
             router0 = cpu_s(served.router_pid) if cpu_s and served.router_pid else 0.0
+            counters0 = served.router_counters()
             t0 = time.perf_counter()
             records = w.run(served.url)
             facts: dict[str, Any] = {"wall_s": time.perf_counter() - t0}
@@ -217,6 +219,9 @@ def run_config(name: str, workloads: Sequence[Workload], model_args: list[str], 
                 facts["cpu_s"] = [cpu_s(p) - c for p, c in zip(served.pids, cpu0, strict=True)]
                 if served.router_pid:  # a colocated router, on the instances' cores
                     facts["router_cpu_s"] = cpu_s(served.router_pid) - router0
+            if served.router_metrics_url:  # memserve-router: holds, migrations, retries
+                facts["router"] = {k: v - counters0.get(k, 0.0)
+                                   for k, v in served.router_counters().items()}
             facts.update(served.delta(mark))
             summary = summarize(records)
             summary["throughput_rps"] = len(records) / facts["wall_s"]

@@ -37,11 +37,23 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
     # Two colocated instances behind each router.
     ("memserve-router vs cache_aware", "colo2-memserve-router", "colo2-sglang-cache-aware"),
     ("memserve-router vs round_robin", "colo2-memserve-router", "colo2-sglang-rr"),
+    # The pair crossed: one of router and instance cache changed at a time.
+    ("router alone: memserve-router vs cache_aware, stock instances",
+     "colo2-memserve-router-stock", "colo2-sglang-cache-aware"),
+    ("router alone: memserve-router vs cache_aware, MemServe instances",
+     "colo2-memserve-router", "colo2-cache-aware-memserve"),
+    ("cache alone: MemServe vs stock, behind memserve-router", "colo2-memserve-router",
+     "colo2-memserve-router-stock"),
+    ("cache alone: MemServe vs stock, behind cache_aware", "colo2-cache-aware-memserve",
+     "colo2-sglang-cache-aware"),
+    ("memserve-router's hold vs none", "colo2-memserve-router", "colo2-memserve-router-nohold"),
 )
 # The routing comparison (prompt-tree vs the stock router's), shown in a table of its own.
 ROUTING: tuple[tuple[str, str], ...] = (
     ("colo2-memserve-router", "colo2-sglang-cache-aware"),
     ("colo2-memserve-router", "colo2-sglang-rr"),
+    ("colo2-memserve-router-stock", "colo2-sglang-cache-aware"),
+    ("colo2-memserve-router", "colo2-cache-aware-memserve"),
 )
 # The MemServe paper's PD + cache vs PD-Basic figures (as ratios: -29% JCT -> 0.71).
 PAPER: dict[tuple[str, str], dict[str, dict[str, float]]] = {
@@ -182,6 +194,34 @@ def routing_table(rounds: Sequence[Round]) -> list[str]:
     return lines
 
 
+def router_table(rounds: Sequence[Round]) -> list[str]:
+    """Per routed configuration and workload, over the rounds that ran it (mean (min-max)):
+    the router's CPU seconds and, for memserve-router (``facts["router"]``), its mean decision
+    time and its prefill holds (count, seconds waited in all)."""
+    lines = ["| configuration | workload | router CPU s | decision ms (mean) | holds | "
+             "held s (sum) | rounds |", "|---|---|" + "---|" * 5]
+    for c in _configs(rounds):
+        for w in _workloads(rounds):
+            facts = [r["facts"] for r in (_run(x, c, w) for x in rounds)
+                     if r is not None and "router_cpu_s" in r["facts"]]
+            if not facts:
+                continue
+            ctr = [f["router"] for f in facts if "router" in f]
+
+            def get(key: str, ctr: list[dict[str, float]] = ctr) -> list[float]:
+                return [m.get(key, 0.0) for m in ctr]
+
+            dec = [1e3 * s / n for s, n in zip(get("memserve_router_decision_seconds_sum"),
+                                               get("memserve_router_decision_seconds_count"),
+                                               strict=True) if n]
+            holds = get("memserve_router_prefill_holds_total")
+            held = get("memserve_router_prefill_hold_seconds_sum")
+            lines.append(f"| {_label(rounds, c)} | {w} | "
+                         f"{_spread([f['router_cpu_s'] for f in facts])} | {_spread(dec)} | "
+                         f"{_spread(holds)} | {_spread(held)} | {len(facts)} |")
+    return lines
+
+
 def round_table(rounds: Sequence[Round]) -> list[str]:
     """JCT and TTFT averages of every round side by side (the absolute spread)."""
     ws = _workloads(rounds)
@@ -209,6 +249,9 @@ def tables_markdown(rounds: Sequence[Round]) -> str:
     if routing := routing_table(rounds)[2:]:
         out += ["### Routing: memserve-router vs stock sglang-router (same run, 2 colocated "
                 "instances)", "", *routing_table(rounds)[:2], *routing, ""]
+    if routers := router_table(rounds)[2:]:
+        out += ["### The router's own work (rounds that measured it)", "",
+                *router_table(rounds)[:2], *routers, ""]
     if len(rounds) > 1:
         out += ["### Every round's averages (seconds)", "", *round_table(rounds), ""]
     for w in _workloads(rounds):

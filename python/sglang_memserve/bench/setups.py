@@ -80,6 +80,9 @@ COLO_ROUTERS: dict[str, ColoRouter] = {
     "memserve": ColoRouter("memserve", ("--policy", "memserve")),
     "sglang-cache-aware": ColoRouter("sglang", ("--policy", "cache_aware")),
     "sglang-rr": ColoRouter("sglang", ("--policy", "round_robin")),
+    # memserve-router without its hold for a prefix still being prefilled (inflight.py).
+    "memserve-nohold": ColoRouter("memserve", ("--policy", "memserve",
+                                               "--prefill-hold-secs", "0")),
 }
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
@@ -101,12 +104,25 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
           "stock", "sglang-cache-aware", 2),
     Setup("colo2-sglang-rr", "2 x stock SGLang, sglang-router round_robin", None, "stock",
           "sglang-rr", 2),
+    # The routing pair crossed, so that router and instance cache are compared one at a time.
+    Setup("colo2-memserve-router-stock", "2 x stock SGLang, memserve-router", None, "stock",
+          "memserve", 2),
+    Setup("colo2-cache-aware-memserve", "2 x colocated + cache, sglang-router cache_aware",
+          None, "memserve", "sglang-cache-aware", 2),
+    Setup("colo2-memserve-router-nohold", "2 x colocated + cache, memserve-router, no hold",
+          None, "memserve", "memserve-nohold", 2),
 )}
 
 # Prometheus series worth keeping from each instance (sum and count of these histograms).
 KEEP = ("kv_transfer", "time_to_first_token", "e2e_request_latency", "queue_time",
         "inter_token_latency", "prefill_", "num_requests_total", "prompt_tokens_total",
         "generation_tokens_total", "cached_tokens_total")
+
+
+# memserve-router's own series worth keeping per workload (its holds, decision time,
+# migrations and retries).
+ROUTER_KEEP = ("memserve_router_prefill_hold", "memserve_router_decision_seconds",
+               "memserve_router_migrations_total", "memserve_router_retries_total")
 
 
 def kept_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -153,6 +169,8 @@ class Served:
         instances: behind a colocated router, every instance (all compute prompts); else
             empty (``prefill_url`` is the one).
         router_pid: the colocated router's process (its CPU shares the instances' cores).
+        router_metrics_url: a memserve-router in front of colocated instances (its own
+            ``/metrics``: prefill holds, migrations, retries), else None.
     """
 
     setup: Setup
@@ -165,6 +183,7 @@ class Served:
     facts: dict[str, Any] = field(default_factory=dict)
     instances: list[str] = field(default_factory=list)
     router_pid: int | None = None
+    router_metrics_url: str | None = None
 
     @property
     def computing_urls(self) -> list[str]:
@@ -196,6 +215,14 @@ class Served:
             kv = now["kv"] - before["kv"]
             out["kv_transfers"], out["kv_transfer_mb"] = kv.transfers, kv.total_mb
         return out
+
+    def router_counters(self) -> dict[str, float]:
+        """memserve-router's :data:`ROUTER_KEEP` series now (summed over labels; histograms'
+        sum and count); empty without one. Changes nothing."""
+        if self.router_metrics_url is None:
+            return {}
+        return {k: v for k, v in scrape(self.router_metrics_url).items()
+                if k.startswith(ROUTER_KEEP) and not k.endswith(("_bucket", "_created"))}
 
     def state(self) -> dict[str, Any]:
         """Metrics and MemServe state of each instance (end-of-run facts)."""
@@ -288,7 +315,8 @@ def _routed(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
             _ROUTER_PROGRAMS[spec.program](urls, spec.args, log_dir / setup.name))
         yield Served(setup, url, urls[0], None, [s.proc.pid for s in servers if s.proc],
                      time.perf_counter() - t0, pin if cores else None, instances=urls,
-                     router_pid=router_pid)
+                     router_pid=router_pid,
+                     router_metrics_url=url if spec.program == "memserve" else None)
 
 
 @contextmanager
