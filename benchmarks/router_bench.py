@@ -61,6 +61,12 @@ ROUTERS: dict[str, tuple[str, list[str]]] = {
                         ["--policy", "memserve", "--affinity-slack", "1.0"]),
     "memserve-slack2": ("memserve-router (memserve policy, affinity slack 2.0)",
                         ["--policy", "memserve", "--affinity-slack", "2.0"]),
+    "memserve-flat095": ("memserve-router (memserve policy, flat affinity slack 0.95: the "
+                         "default before)",
+                         ["--policy", "memserve", "--affinity-slack", "0.95",
+                          "--affinity-ignore-pressure"]),
+    "memserve-flat2": ("memserve-router (memserve policy, flat affinity slack 2.0)",
+                       ["--policy", "memserve", "--affinity-ignore-pressure"]),
     "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),
     "sglang-cache-aware": ("sglang-router cache_aware", ["--policy", "cache_aware"]),
     "sglang-rr": ("sglang-router round_robin", ["--policy", "round_robin"]),

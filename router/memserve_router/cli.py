@@ -54,7 +54,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--affinity-slack", type=float, default=RouterConfig.affinity_slack,
                    help="memserve policy: the holder of the longest cached prefix keeps a "
                         "request unless another instance's estimate is lower by more than this "
-                        "fraction (0: lowest estimate always)")
+                        "fraction (0: lowest estimate always), scaled down as the holder's "
+                        "queue would rewrite its KV")
+    p.add_argument("--affinity-ignore-pressure", action="store_true",
+                   help="memserve policy: keep the affinity slack flat, whatever the holder's "
+                        "queue against its KV capacity")
     p.add_argument("--prefill-hold-secs", type=float, default=RouterConfig.prefill_hold_s,
                    help="longest a request waits for an earlier request's prefill of its "
                         "prefix on the same instance, so that it hits instead of recomputing "
@@ -155,7 +159,8 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             host=a.host, port=a.port, api_key=a.api_key, tokenizer_path=a.tokenizer_path,
             cost_table=a.cost_table, transfer_per_page_s=a.transfer_per_page_s,
             migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
-            affinity_slack=a.affinity_slack, migration_overhead_s=a.migration_overhead_secs,
+            affinity_slack=a.affinity_slack, affinity_pressure=not a.affinity_ignore_pressure,
+            migration_overhead_s=a.migration_overhead_secs,
             load_per_request_s=a.load_per_request_secs, prefill_hold_s=a.prefill_hold_secs,
             cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,

@@ -60,11 +60,15 @@ class RouterConfig:
         affinity_slack: the ``memserve`` policy keeps a request on the holder of its longest
             cached prefix unless another option is estimated faster by more than this
             fraction of the holder's estimate, scaled by the share of the prompt the holder
-            caches beyond it (:class:`~memserve_router.policies.base.PolicyConfig`). At 2 a
-            conversation whose cached history is over half its prompt stays with its KV (it
-            moves only by migration): on ``router_bench.py hits`` that reached 0.99 of the
-            oracle with ample memory (0.97-0.98 at 0.95), but under memory pressure its P99
-            TTFT was 2x the default's, so the default stays 0.95 (docs/performance.md).
+            caches beyond it (:class:`~memserve_router.policies.base.PolicyConfig`), and by
+            the holder's chance of keeping that prefix through its queue
+            (``affinity_pressure``). At 2 a conversation whose cached history is over half
+            its prompt stays with an idle-enough holder (it moves only by migration): on
+            ``router_bench.py hits`` a flat 2 reached 0.99 of the oracle with ample memory
+            (0.97-0.98 at 0.95) but doubled the P99 TTFT under memory pressure, which the
+            pressure scaling is for (docs/performance.md).
+        affinity_pressure: scale the slack by the holder's queue against its KV capacity
+            (``PolicyConfig.affinity_pressure``); False keeps it flat.
         load_per_request_s: the ``memserve`` policy's cost of each request already on an
             instance (seconds; small, so equal estimates spread). Raise it where requests
             decode long enough for a crowded instance's decode batch to slow them.
@@ -119,7 +123,8 @@ class RouterConfig:
     transfer_per_page_s: float | None = None
     migrate: bool = True
     min_migrate_gain_s: float = 0.05
-    affinity_slack: float = 0.95
+    affinity_slack: float = 2.0
+    affinity_pressure: bool = True
     migration_overhead_s: float | None = None
     load_per_request_s: float = PolicyConfig.load_per_request_s
     cache_threshold: float = 0.3
@@ -178,6 +183,7 @@ class RouterConfig:
                             transfer_per_page_s=self.transfer_per_page_s,
                             migrate=self.migrate, min_migrate_gain_s=self.min_migrate_gain_s,
                             affinity_slack=self.affinity_slack,
+                            affinity_pressure=self.affinity_pressure,
                             migration_overhead_s=self.migration_overhead_s,
                             load_per_request_s=self.load_per_request_s)
 

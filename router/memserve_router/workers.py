@@ -30,6 +30,8 @@ class WorkerInfo:
         control: its MemPool control channel (snapshots, ``kv_push``).
         model_path: the model it serves.
         bootstrap_port: prefill: SGLang's disaggregation bootstrap port.
+        kv_tokens: KV tokens its device pool holds (SGLang's ``max_total_num_tokens``), where
+            eviction loses pages; None when unknown or when a DRAM tier keeps what it evicts.
     """
 
     instance_id: str | None
@@ -38,6 +40,7 @@ class WorkerInfo:
     control: str | None
     model_path: str | None
     bootstrap_port: int | None
+    kv_tokens: int | None = None
 
     @classmethod
     def from_server_info(cls, info: dict, model_info: dict) -> WorkerInfo:
@@ -45,6 +48,7 @@ class WorkerInfo:
         ms = dict(states[0].get("memserve") or {})
         endpoints = ms.get("endpoints") or {}
         port = info.get("disaggregation_bootstrap_port")
+        kv = info.get("max_total_num_tokens")
         return cls(
             instance_id=ms.get("instance_id"),
             page_size=int(ms.get("page_size") or info.get("page_size") or 1),
@@ -52,6 +56,7 @@ class WorkerInfo:
             control=endpoints.get("control"),
             model_path=model_info.get("model_path"),
             bootstrap_port=int(port) if port else None,
+            kv_tokens=int(kv) if kv and not ms.get("dram_tier") else None,
         )
 
 
@@ -136,6 +141,7 @@ class Worker:
             kv_usage=float(self.polled.get("token_usage", 0.0)),
             inflight=self.inflight,
             queue_wait_s=self.pending_s + self.polled_wait_s,
+            kv_tokens=self.info.kv_tokens or 0,
         )
 
     def watch(self, fut: asyncio.Future[str]) -> asyncio.Future[str]:

@@ -43,9 +43,9 @@ def new_cluster(config: RouterConfig | None = None) -> Cluster:
     return cluster
 
 
-def new_worker(wid: str, port: int) -> Worker:
+def new_worker(wid: str, port: int, kv_tokens: int | None = None) -> Worker:
     return Worker(wid, WorkerSpec(f"http://127.0.0.1:{port}"),
-                  WorkerInfo(wid, PS, None, None, None, None))
+                  WorkerInfo(wid, PS, None, None, None, None, kv_tokens))
 
 
 def set_random_load(rng: random.Random, w: Worker, calm: bool = False) -> None:
@@ -72,7 +72,9 @@ def random_cluster(rng: random.Random) -> tuple[Cluster, list[Worker], list[list
     cluster = new_cluster()
     n = rng.choice([1, 3, 8, SMALL_GROUP + 2, 40, 90])
     ids = rng.sample(range(10_000), n)
-    workers = [cluster.admit(new_worker(f"i{k}", 20000 + k)) for k in ids]
+    # KV capacity (one for all): unknown, or small enough that queues scale the slack down.
+    kv = rng.choice([None, 512, 2048, 131072])
+    workers = [cluster.admit(new_worker(f"i{k}", 20000 + k, kv)) for k in ids]
     tree = cluster.trees["colocated"]
     systems = [[rng.randrange(10, 30000) for _ in range(rng.choice([4, 16, 64]) * PS)]
                for _ in range(2)]
@@ -128,7 +130,8 @@ def test_few_candidates_decide_as_all_members(seed):
         cfg = PolicyConfig(transfer_per_page_s=rng.choice([None, 0.0, 1e-5]),
                            min_migrate_gain_s=rng.choice([0.0, 0.0, 0.05]),
                            migrate=rng.random() < 0.85,
-                           affinity_slack=rng.choice([0.0, 0.2, 0.5]))
+                           affinity_slack=rng.choice([0.0, 0.2, 0.5, 2.0]),
+                           affinity_pressure=rng.random() < 0.8)
         full_policy, fast_policy = make_policy("memserve", cfg), make_policy("memserve", cfg)
         per = cfg.load_per_request_s
         states += 1

@@ -85,7 +85,10 @@ class SimRouter:
         """
         spec = WorkerSpec(f"http://sim-{index}.invalid:30000", role,
                           8998 if role == "prefill" else None)
-        return self.cluster.admit(Worker(iid, spec, WorkerInfo(iid, 1, None, None, None, None)))
+        inst = self.cfg.instance  # its KV capacity, as /server_info reports it (no DRAM tier)
+        kv = inst.hbm_tokens if not inst.dram_tokens else None
+        return self.cluster.admit(Worker(iid, spec, WorkerInfo(iid, 1, None, None, None, None,
+                                                               kv)))
 
     def event(self, iid: str, role: Role, change: Change) -> None:
         """One index change of instance ``iid``, applied as the event feed applies it."""

@@ -30,6 +30,9 @@ class Load:
         kv_usage: fraction of its KV pool in use (polled), 0..1.
         inflight: router-side: requests sent to it and not yet finished (exact at any time).
         queue_wait_s: the router's estimate of seconds of prefill work queued ahead on it.
+        kv_tokens: KV tokens its cache holds, where eviction decides what stays (0: unknown,
+            or a DRAM tier keeps what the device evicts): the ``memserve`` policy weakens its
+            affinity slack when the work queued ahead would rewrite much of it.
     """
 
     running: int = 0
@@ -37,10 +40,11 @@ class Load:
     kv_usage: float = 0.0
     inflight: int = 0
     queue_wait_s: float = 0.0
+    kv_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.running, self.queued, self.inflight) < 0 or self.kv_usage < 0 \
-                or self.queue_wait_s < 0:
+        if min(self.running, self.queued, self.inflight, self.kv_tokens) < 0 \
+                or self.kv_usage < 0 or self.queue_wait_s < 0:
             raise ValueError(f"negative load: {self!r}")
 
     @property
@@ -202,6 +206,11 @@ class PolicyConfig:
             cost table; moving a conversation on a small predicted gain loses its cache for a
             gain inside the model's error. Migrations (the cache moves along) are not held
             back by it.
+        affinity_pressure: ``memserve``: scale the slack by the chance the holder's cached
+            prefix survives its queue: ``1 - wait / exec(kv_tokens, 0)``, clamped to [0, 1]
+            (the share of the holder's KV that the prefill work queued ahead of the request
+            would not rewrite). Where the holder's ``Load.kv_tokens`` is unknown (0), no
+            scaling.
         migration_overhead_s: ``memserve``: a migration's fixed cost, pinned; None learns it
             from the migrations the router awaits (``observe_migration``).
         session_table_size: ``session``: sessions remembered (least recently used evicted).
@@ -217,6 +226,7 @@ class PolicyConfig:
     load_per_request_s: float = 1e-3
     max_migrate_sources: int = 4
     affinity_slack: float = 0.0
+    affinity_pressure: bool = True
     migration_overhead_s: float | None = None
     session_table_size: int = 100_000
 

@@ -271,7 +271,10 @@ class MemServePolicy(Policy):
         The slack is ``affinity_slack`` scaled by the share of the prompt the holders cache
         beyond the best option: a conversation's own history (most of its prompt) binds it to
         its instance, a system prompt shared by every request (a small share) barely does, so
-        common prefixes cannot pile a cluster's traffic onto their first holder.
+        common prefixes cannot pile a cluster's traffic onto their first holder. With
+        ``affinity_pressure`` it is scaled too by the holder's :meth:`survival`: under memory
+        pressure a busy holder evicts the prefix before the request runs, so keeping the
+        request there buys little and spreading it is cheaper. Changes nothing.
         """
         slack = self.config.affinity_slack
         if slack <= 0.0:
@@ -286,10 +289,24 @@ class MemServePolicy(Policy):
             if t <= best_local + _TIE_S and c.hit_tokens > best_hit:
                 best_hit = c.hit_tokens
         best_own = min(t for t, _ in own)
+        kept = [c for t, c in own if t <= best_own + _TIE_S]
+        if self.config.affinity_pressure:
+            slack *= max(self.survival(c) for c in kept)
         share = (min(longest, x) - min(best_hit, x)) / x
         if best_own * (1.0 - slack * share) > best_local + _TIE_S:
             return None
-        return [c for t, c in own if t <= best_own + _TIE_S]
+        return kept
+
+    def survival(self, c: Candidate) -> float:
+        """The share of ``c``'s KV that the prefill work queued ahead on it leaves unwritten:
+        ``1 - wait / exec(kv_tokens, 0)`` in [0, 1] (the cost table's time to compute as many
+        uncached tokens as ``c`` holds; the wait is in the same table's seconds), a proxy for
+        the chance that a cached prefix there is still cached when the request runs. 1 where
+        ``c.load.kv_tokens`` is unknown (0). Grows only the exec memo."""
+        ld = c.load
+        if ld.kv_tokens <= 0 or ld.queue_wait_s <= 0.0:
+            return 1.0
+        return max(0.0, 1.0 - ld.queue_wait_s / self.exec_s(ld.kv_tokens, 0))
 
     @staticmethod
     def _fewest_requests(tied: list[Candidate]) -> list[Candidate]:
