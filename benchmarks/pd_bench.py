@@ -41,6 +41,7 @@ from sglang_memserve import compat
 compat.apply_import_patches()
 
 import profiling  # noqa: E402  (beside this script)
+import ttft_stages  # noqa: E402  (beside this script)
 from transformers import AutoTokenizer  # noqa: E402
 
 from sglang_memserve.bench.metrics import summarize, to_jsonable  # noqa: E402
@@ -120,7 +121,35 @@ def markdown(results: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             + " / ".join(f"{r['summary']['ttft_avg']:.3f}" for r in runs) + " | "
             + _cpu_cell(runs) + " |")
     return "\n".join(lines + _target_ratios(results) + _return_breakdown(results)
-                     + _host_rows(results) + _step_rows(results)) + "\n"
+                     + _stage_rows(results) + _host_rows(results) + _step_rows(results)) + "\n"
+
+
+def _stage_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """TTFT by stage (``--ttft-stages``): per configuration, the mean ms per request of each
+    stage, mean over rounds (min-max of the rounds' means); all requests, then later turns."""
+    named = {n: [r["facts"]["ttft_stages"] for r in runs if r["facts"].get("ttft_stages")]
+             for n, runs in results.items()}
+    named = {n: v for n, v in named.items() if v and v[0]["mean_ms"]}
+    if not named:
+        return []
+    out: list[str] = []
+    for key, title in (("mean_ms", "all requests"), ("later_mean_ms", "turns after the first")):
+        out += ["", f"TTFT by stage, ms per request ({title}; SGLang's request timestamps, "
+                "benchmarks/ttft_stages.py), mean over rounds (min-max of the rounds):", "",
+                "| stage | " + " | ".join(SETUPS[n].label for n in named) + " |",
+                "|---|" + "---|" * len(named)]
+        for stage in (*ttft_stages.STAGE_NAMES, "TTFT"):
+            cells = []
+            for v in named.values():
+                xs = [s[key][stage] for s in v if s[key]]
+                cells.append(f"{statistics.fmean(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
+                             if xs else "-")
+            out.append(f"| {stage} | " + " | ".join(cells) + " |")
+        counts = " / ".join(
+            str(round(statistics.fmean(s["requests" if key == "mean_ms" else "later_turns"]
+                                       for s in v))) for v in named.values())
+        out.append(f"| requests joined (mean per round) | {counts.replace(' / ', ' | ')} |")
+    return out
 
 
 def _host_rows(results: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -298,7 +327,7 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
         sched0 = [profiling.sched_s(pid) for pid in pids]
         decode_log = out / "logs" / f"round{rnd}" / setup.name / "decode.log"
         log_at = decode_log.stat().st_size if decode_log.exists() else 0
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         with profile, profiling.host_load() as load:
             records = replay(served.url, convs, tok, cfg)
         facts["wall_s"] = time.perf_counter() - t0
@@ -321,6 +350,12 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
                                  - facts["client_cpu_s"] - sum(facts["cpu_s"]))
         facts.update(served.delta(mark))
         facts.update(served.state())
+    if args.ttft_stages and served.decode_url is not None:
+        tl = {k: v.pop("timeline", []) for k, v in facts.get("memserve", {}).items()}
+        joined = ttft_stages.join(to_jsonable(records), wall0, tl.get("prefill", []),
+                                  tl.get("decode", []))
+        facts["ttft_stages"] = ttft_stages.summary(joined)
+        facts["ttft_stages_per_request"] = joined
     summary = summarize(records)
     later = [r.jct for r in records if r.turn > 0 and r.error is None]
     summary["jct_later_turns_avg"] = statistics.fmean(later) if later else float("nan")
@@ -378,6 +413,10 @@ def main(argv: list[str] | None = None) -> None:
                          "so a new autogroup, see profiling.own_autogroup) and of every thread "
                          "it starts (negative: root only); e.g. -5 so that other sessions' "
                          "work yields to the measured one")
+    ap.add_argument("--ttft-stages", action="store_true",
+                    help="PD: break each request's TTFT into stages from SGLang's request "
+                         "timestamps (starts every instance with "
+                         "--enable-request-time-stats-logging; benchmarks/ttft_stages.py)")
     args = ap.parse_args(argv)
     colo_env = ({"OMP_NUM_THREADS": str(args.colo_omp_threads)}
                 if args.colo_omp_threads else None)
@@ -388,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
         model_args += ["--page-size", str(args.page_size)]
     if args.decode_log_interval:
         model_args += ["--decode-log-interval", str(args.decode_log_interval)]
+    if args.ttft_stages:
+        model_args.append("--enable-request-time-stats-logging")
     tok = AutoTokenizer.from_pretrained(str(model))
     if args.workload == "longdoc":
         convs = load_longdoc(docs=args.conversations, questions_per_doc=args.max_turns,
@@ -408,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": args.cpus, "colo_omp_threads": args.colo_omp_threads,
             "page_size": args.page_size or 1, "rounds": args.rounds,
             "server_nice": args.server_nice, "decode_log_interval": args.decode_log_interval,
+            "ttft_stages": args.ttft_stages,
             "order": "forward on even rounds, reversed on odd rounds"}
     if args.server_nice is not None:
         meta["autogroup"] = profiling.own_autogroup(args.server_nice)

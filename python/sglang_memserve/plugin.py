@@ -1,16 +1,17 @@
 """SGLang plugin (entry point group ``sglang.srt.plugins``): runs in every SGLang process.
 
 It applies the CPU compatibility layer where needed, registers the MemServe tree-cache backend
-with SGLang's radix-cache registry, hooks MemServe's state into ``/server_info``, and checks each
-prompt's token ids in SGLang's tokenizer manager (empty prompts and ids outside the vocabulary
-get a 400 instead of killing the scheduler).
+with SGLang's radix-cache registry, hooks MemServe's state into ``/server_info`` (with each
+finished request's stage timestamps when SGLang logs request time stats: :mod:`.timeline`), and
+checks each prompt's token ids in SGLang's tokenizer manager (empty prompts and ids outside the
+vocabulary get a 400 instead of killing the scheduler).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sglang_memserve import compat
+from sglang_memserve import compat, timeline
 
 _INTERNAL_STATE = (
     "sglang.srt.managers.scheduler_components.internal_state."
@@ -47,6 +48,9 @@ def _add_memserve_state(output: Any, controller: Any, *_args: Any, **_kwargs: An
                              "compat_patches": compat.applied(), "compat_census": compat.census()}
     if state_fn is not None:
         state.update(state_fn())
+    records = timeline.snapshot()
+    if records:  # only with --enable-request-time-stats-logging
+        state["timeline"] = records
     output.internal_state["memserve"] = state
 
 
@@ -91,6 +95,7 @@ _HOOKS: dict[str, tuple[Any, str]] = {
     "sglang.srt.managers.scheduler.Scheduler.ingest_requests": (_memserve_tick, "AFTER"),
     "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.pop_bootstrapped":
         (_hold_for_returns, "AFTER"),
+    "sglang.srt.managers.schedule_batch.Req.log_time_stats": (timeline.record, "AFTER"),
 }
 
 

@@ -72,6 +72,19 @@ HOOKS: tuple[Use, ...] = (
                 params=("self",)),
          _owner("sglang.srt.disaggregation.prefill", "PrefillBootstrapQueue", ("scheduler",))),
         hook_target="sglang.srt.disaggregation.prefill.PrefillBootstrapQueue.pop_bootstrapped"),
+    Use("hook:request-timeline", "hook", "sglang_memserve.timeline",
+        "keeps each finished request's stage timestamps (SGLang's request time stats) for "
+        "/server_info when --enable-request-time-stats-logging is on",
+        (Target(f"{_MGR}.schedule_batch", "Req.log_time_stats", params=("self",)),
+         _owner(f"{_MGR}.schedule_batch", "Req",
+                ("rid", "bootstrap_room", "origin_input_ids", "output_ids", "time_stats")),
+         Target("sglang.srt.observability.req_time_stats", "convert_time_to_realtime",
+                params=("time_value",)),
+         Target("sglang.srt.observability.req_time_stats", "SchedulerReqTimeStats",
+                attrs=("scheduler_recv_time", "bootstrap_done_time", "wait_queue_entry_time",
+                       "forward_entry_time", "prefill_kv_transfer_finish_time",
+                       "decode_prebuilt_finish_time", "completion_time", "disagg_mode_str"))),
+        hook_target=f"{_MGR}.schedule_batch.Req.log_time_stats"),
 )
 
 REPLACED: tuple[Use, ...] = (
