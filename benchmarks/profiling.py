@@ -131,7 +131,9 @@ def recording(out_dir: Path, label: str, root_pids: list[int]) -> Iterator[None]
 
 
 def tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of ``root`` and every process below it (0 for gone ones)."""
+    """User + system CPU seconds of ``root`` and every process below it, with those of its
+    descendants that ended and were waited for (so the figure never drops when a helper process
+    exits; 0 when ``root`` is gone)."""
     total = 0.0
     try:
         procs = [psutil.Process(root)]
@@ -140,9 +142,10 @@ def tree_cpu_s(root: int) -> float:
         return 0.0
     for p in procs:
         try:
-            total += _cpu_s(p.pid)
+            t = p.cpu_times()
         except psutil.NoSuchProcess:
             continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
