@@ -18,6 +18,8 @@ def test_the_crossed_pair_changes_one_of_router_and_cache() -> None:
     assert (ca_ms.router, ca_ms.cache) == (base["colo2-sglang-cache-aware"].router, "memserve")
     nohold = setups.COLO_ROUTERS[SETUPS["colo2-memserve-router-nohold"].router or ""]
     assert nohold.program == "memserve" and nohold.args[-2:] == ("--prefill-hold-secs", "0")
+    lpr = setups.COLO_ROUTERS[SETUPS["colo2-memserve-router-lpr05"].router or ""]
+    assert lpr.args[-2:] == ("--load-per-request-secs", "0.05")
     labels = [s.label for s in SETUPS.values()]
     assert len(labels) == len(set(labels))
 

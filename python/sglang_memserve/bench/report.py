@@ -47,6 +47,10 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
     ("cache alone: MemServe vs stock, behind cache_aware", "colo2-cache-aware-memserve",
      "colo2-sglang-cache-aware"),
     ("memserve-router's hold vs none", "colo2-memserve-router", "colo2-memserve-router-nohold"),
+    ("memserve-router, 50 ms per request vs cache_aware", "colo2-memserve-router-lpr05",
+     "colo2-sglang-cache-aware"),
+    ("memserve-router, 50 ms per request vs 1 ms", "colo2-memserve-router-lpr05",
+     "colo2-memserve-router"),
 )
 # The routing comparison (prompt-tree vs the stock router's), shown in a table of its own.
 ROUTING: tuple[tuple[str, str], ...] = (
@@ -54,6 +58,7 @@ ROUTING: tuple[tuple[str, str], ...] = (
     ("colo2-memserve-router", "colo2-sglang-rr"),
     ("colo2-memserve-router-stock", "colo2-sglang-cache-aware"),
     ("colo2-memserve-router", "colo2-cache-aware-memserve"),
+    ("colo2-memserve-router-lpr05", "colo2-sglang-cache-aware"),
 )
 # The MemServe paper's PD + cache vs PD-Basic figures (as ratios: -29% JCT -> 0.71).
 PAPER: dict[tuple[str, str], dict[str, dict[str, float]]] = {

@@ -83,6 +83,10 @@ COLO_ROUTERS: dict[str, ColoRouter] = {
     # memserve-router without its hold for a prefix still being prefilled (inflight.py).
     "memserve-nohold": ColoRouter("memserve", ("--policy", "memserve",
                                                "--prefill-hold-secs", "0")),
+    # memserve-router with a request already on an instance costing 50 ms (default 1 ms): about
+    # one decode step on this CPU, which a prefill placed beside a decoding request waits for.
+    "memserve-lpr05": ColoRouter("memserve", ("--policy", "memserve",
+                                              "--load-per-request-secs", "0.05")),
 }
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
@@ -111,6 +115,9 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
           None, "memserve", "sglang-cache-aware", 2),
     Setup("colo2-memserve-router-nohold", "2 x colocated + cache, memserve-router, no hold",
           None, "memserve", "memserve-nohold", 2),
+    Setup("colo2-memserve-router-lpr05",
+          "2 x colocated + cache, memserve-router, 50 ms per request", None, "memserve",
+          "memserve-lpr05", 2),
 )}
 
 # Prometheus series worth keeping from each instance (sum and count of these histograms).
