@@ -147,11 +147,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _source(rnd: dict[str, Any]) -> str:
+    """`` (`FILE`)`` for a round re-rendered from a JSON file (``meta["source"]``), else ""."""
+    src = rnd["meta"].get("source")
+    return f" (`{src}`)" if src else ""
+
+
 def write_report(rounds: list[dict[str, Any]], path: Path, plots: bool) -> None:
     """Write (or update between the markers) the report at ``path`` and its plots beside it."""
     meta = rounds[0]["meta"]
     prov = ["### Provenance", "",
-            *(f"* round {i + 1}: `{r['meta']['command']}` at commit `{r['meta']['commit']}`, "
+            *(f"* round {i + 1}{_source(r)}: `{r['meta']['command']}` at commit "
+              f"`{r['meta']['commit']}`, "
               f"{r['meta']['started']} - {r['meta']['finished']} UTC, load average "
               f"{r['meta']['load_before']} before, {r['meta']['load_after']} after"
               for i, r in enumerate(rounds)),
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.render:
         rounds = [json.loads(p.read_text()) for p in args.render]
+        for rnd, p in zip(rounds, args.render, strict=True):  # provenance names the file
+            rnd["meta"]["source"] = p.name
         dest = args.report or args.render[0].with_suffix(".md")
         write_report(rounds, dest, plots=not args.no_plots)
         print(f"[paper_eval] wrote {dest}")

@@ -1,14 +1,21 @@
-"""The crossed routing configurations and the router's own figures in the report (pure Python:
-no servers; memserve-router's /metrics is replaced by a stand-in)."""
+"""The crossed routing configurations, the router's own figures in the report and the
+provenance of re-rendered rounds (no servers; memserve-router's /metrics is replaced by a
+stand-in)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sglang_memserve.bench import report, setups
 from sglang_memserve.bench.setups import SETUPS, Served
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "paper_eval.py"
 
 
 def test_the_crossed_pair_changes_one_of_router_and_cache() -> None:
@@ -89,3 +96,25 @@ def test_router_counters_keep_the_routers_own_series(monkeypatch: pytest.MonkeyP
     assert seen == ["http://r"]
     no_router = Served(SETUPS["colo-cache"], "http://a", "http://a", None, [], 0.0)
     assert no_router.router_counters() == {} and seen == ["http://r"]
+
+
+def test_render_names_each_rounds_file_in_the_provenance(tmp_path: Path) -> None:
+    meta = {"command": "benchmarks/paper_eval.py --quick", "started": "s", "finished": "f",
+            "load_before": "1.0", "load_after": "2.0", "model": "m", "page_size": 16,
+            "colo_omp_threads": 1, "machine": {"cores": 2, "cpu": "x", "ram_gib": 1.0,
+                                               "platform": "p", "python": "3"}}
+    files = []
+    for name, commit in (("paper-eval-round7.json", "aaa"), ("paper-eval-round8.json", "bbb")):
+        rnd = _round({"colo2-memserve-router": _run(None, 1.0)})
+        rnd["meta"].update(meta, commit=commit)
+        files.append(tmp_path / name)
+        files[-1].write_text(json.dumps(rnd))
+    out = tmp_path / "r.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--render", *map(str, files),
+                           "--report", str(out), "--no-plots"], capture_output=True, text=True,
+                          cwd=SCRIPT.parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "* round 1 (`paper-eval-round7.json`): `benchmarks/paper_eval.py --quick` at " \
+           "commit `aaa`" in text
+    assert "* round 2 (`paper-eval-round8.json`): " in text
