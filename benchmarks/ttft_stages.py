@@ -7,11 +7,14 @@ of one request share SGLang's ``bootstrap_room``; a client record (``sent_at`` f
 start, ``ttft``) is matched to prefill's by prompt length and the nearest arrival. The stages
 (:data:`STAGES`) follow one another, so per request they add up to the client's TTFT exactly:
 
-* ``to prefill``: client -> router -> prefill's HTTP server and tokenizer -> its scheduler;
-* ``prefill bootstrap``: until decode has pre-allocated and told prefill where to write;
-* ``prefill held``: bootstrap done -> waiting queue (MemServe holds a turn here for a KV return
-  on its way; otherwise about zero);
-* ``prefill queued`` / ``prefill forward``: waiting queue -> forward -> prefill done;
+* ``to prefill``: client -> router -> prefill's HTTP server and tokenizer -> its scheduler,
+  which reads new requests between iterations (so this includes the rest of a forward pass
+  that was running when the request arrived);
+* ``prefill bootstrap``: until decode has pre-allocated and told prefill where to write
+  (SGLang stamps the waiting queue's entry in the same ``pop_bootstrapped``);
+* ``prefill queued``: waiting queue -> forward; MemServe's hold for a KV return on its way
+  (``PeerService.gate``, after that pop) falls here;
+* ``prefill forward``: -> prefill done;
 * ``KV send``: prefill done -> prefill's scheduler sees the Mooncake transfer finished;
 * ``decode admits``: that -> decode's scheduler moves the request to its waiting queue (its own
   poll of the transfer; can be negative: the two schedulers poll independently);
@@ -32,8 +35,7 @@ from typing import Any
 # (stage, start stamp, end stamp); "P." prefill's record, "D." decode's, "C." the client's.
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("to prefill", "C.sent", "P.scheduler_recv"),
-    ("prefill bootstrap", "P.scheduler_recv", "P.bootstrap_done"),
-    ("prefill held", "P.bootstrap_done", "P.wait_queue_entry"),
+    ("prefill bootstrap", "P.scheduler_recv", "P.wait_queue_entry"),
     ("prefill queued", "P.wait_queue_entry", "P.forward_entry"),
     ("prefill forward", "P.forward_entry", "P.prefill_finished"),
     ("KV send", "P.prefill_finished", "P.prefill_kv_transfer_finish"),

@@ -1,9 +1,14 @@
-"""PdOptions -> launch arguments and environment (no processes)."""
+"""PdOptions -> launch arguments, environment and cores (no servers)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+from sglang_memserve.cluster.process import pin
 from sglang_memserve.pd import PdOptions
 from sglang_memserve.pd.cluster import ROUTER_DEFAULTS, free_ports, parse_cpus
 
@@ -38,3 +43,24 @@ def test_cores_and_env() -> None:
     ports = free_ports(3)
     assert len(set(ports)) == 3
     assert "--disable-retries" in ROUTER_DEFAULTS
+
+
+def test_the_router_runs_on_prefills_cores_unless_told_otherwise() -> None:
+    assert PdOptions(cpus=("0", "1")).router_cpus() == [0]
+    assert PdOptions(cpus=("0-1", "2-3")).router_cpus() == [0, 1]
+    assert PdOptions(cpus=("0", "1"), router_on_prefill_cores=False).router_cpus() is None
+    assert PdOptions(cpus=None).router_cpus() is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to restrict")
+def test_pin_restricts_a_started_process_and_the_threads_it_starts_later() -> None:
+    core = min(os.sched_getaffinity(0))
+    code = ("import os, threading, time; time.sleep(0.3); out = []; "
+            "t = threading.Thread(target=lambda: out.append(sorted(os.sched_getaffinity(0)))); "
+            "t.start(); t.join(); print(sorted(os.sched_getaffinity(0)), out[0])")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pin(proc.pid, [core])
+    out, _ = proc.communicate(timeout=30)
+    assert out.split() == [f"[{core}]", f"[{core}]"]
+    pin(os.getpid(), None)  # None: nothing changes
+    assert len(os.sched_getaffinity(0)) >= 2

@@ -14,8 +14,7 @@ import ttft_stages  # noqa: E402
 
 def _pair(room: int, t: float, n: int, held: float = 0.0) -> tuple[dict, dict]:
     p = {"bootstrap_room": room, "input_len": n, "scheduler_recv": t + 0.010,
-         "bootstrap_done": t + 0.030, "wait_queue_entry": t + 0.030 + held,
-         "forward_entry": t + 0.040 + held, "prefill_finished": t + 0.140 + held,
+         "wait_queue_entry": t + 0.030, "forward_entry": t + 0.040 + held, "prefill_finished": t + 0.140 + held,
          "prefill_kv_transfer_finish": t + 0.150 + held}
     d = {"bootstrap_room": room, "input_len": n, "wait_queue_entry": t + 0.155 + held,
          "forward_entry": t + 0.165 + held, "decode_prebuilt_finish": t + 0.185 + held}
@@ -35,14 +34,14 @@ def test_stages_add_up_to_the_clients_ttft_and_follow_each_request() -> None:
     for j in joined:
         assert sum(j["stages"].values()) == pytest.approx(j["ttft"])
     first, second = (j["stages"] for j in joined)
-    assert first["prefill held"] == pytest.approx(0.0)
-    assert second["prefill held"] == pytest.approx(0.25)
+    assert first["prefill queued"] == pytest.approx(0.010)
+    assert second["prefill queued"] == pytest.approx(0.26)  # held for a return
     assert first["prefill forward"] == pytest.approx(0.100)
     assert first["to prefill"] == pytest.approx(0.010)
     assert first["to client"] == pytest.approx(0.015)
     s = ttft_stages.summary(joined)
     assert s["requests"] == 2 and s["later_turns"] == 1
-    assert s["mean_ms"]["prefill held"] == pytest.approx(125.0)
+    assert s["mean_ms"]["prefill queued"] == pytest.approx(135.0)
     assert s["later_mean_ms"]["TTFT"] == pytest.approx(460.0)
 
 

@@ -56,6 +56,14 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     proc.wait()
 
 
+def pin(pid: int, cpus: Sequence[int] | None) -> None:
+    """Restrict a just-started process to ``cpus`` (no-op for None). Call it right after
+    ``Popen``, before the child's interpreter starts threads: threads and children it starts
+    later inherit the mask (``sched_setaffinity`` on a pid sets only that thread)."""
+    if cpus:
+        os.sched_setaffinity(pid, list(cpus))
+
+
 def file_tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a log file ("" if it cannot be read)."""
     try:
@@ -151,9 +159,8 @@ class ServerProcess:
             # A new session so stop() can signal SGLang's whole process tree.
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
-        if self.cpus:
-            # Set before the launcher imports anything: SGLang's processes inherit it.
-            os.sched_setaffinity(self.proc.pid, self.cpus)
+        # Set before the launcher imports anything: SGLang's processes inherit it.
+        pin(self.proc.pid, self.cpus)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False

@@ -12,7 +12,13 @@ from types import TracebackType
 
 import requests
 
-from sglang_memserve.cluster.process import ServerStartError, file_tail, free_port, stop_group
+from sglang_memserve.cluster.process import (
+    ServerStartError,
+    file_tail,
+    free_port,
+    pin,
+    stop_group,
+)
 
 
 class MemServeRouterProcess:
@@ -24,10 +30,13 @@ class MemServeRouterProcess:
         name: label of the log file.
         host: the address it binds to.
         env: extra environment variables.
+        cpus: cores the router may run on (Linux CPU affinity; default: all).
     """
 
     def __init__(self, args: Sequence[str], log_dir: Path, name: str = "memserve-router",
-                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None,
+                 cpus: Sequence[int] | None = None) -> None:
+        self.cpus = list(cpus) if cpus else None
         self.args = list(args)
         self.host = host
         self.port = free_port(host)
@@ -52,6 +61,7 @@ class MemServeRouterProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
+        pin(self.proc.pid, self.cpus)
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:

@@ -18,7 +18,8 @@ The stages follow the MemServe paper's ladder (see ``docs/pd.md``):
   has, and prefill sends only the pages after it.
 
 Defaults chosen for a small CPU-only host (see ``docs/pd.md`` for the measurements):
-each instance's compute runs on its own core (``cpus``), SGLang's idle schedulers sleep
+each instance's compute runs on its own core (``cpus``), the router on prefill's (decode's core
+is the saturated one under load: ``router_on_prefill_cores``), SGLang's idle schedulers sleep
 (``--sleep-on-idle``, set by the launcher), prefill reports transfer sizes (``--enable-metrics``).
 """
 
@@ -38,7 +39,7 @@ from types import TracebackType
 import requests
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
-from sglang_memserve.cluster.process import ServerStartError, file_tail, free_ports
+from sglang_memserve.cluster.process import ServerStartError, file_tail, free_ports, pin
 
 STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
 STAGE_LABELS: dict[str, str] = {
@@ -94,6 +95,10 @@ class PdOptions:
         router: ``memserve`` (memserve-router, MemServe's global scheduler) or ``sglang``
             (stock sglang-router, the baseline).
         router_args: extra arguments of that router.
+        router_on_prefill_cores: with ``cpus``, the router process runs on prefill's cores
+            (its CPU affinity) instead of anywhere: decode's core is busy for as long as any
+            request decodes, prefill's is idle between prompts, and a router left unpinned
+            took its share of decode's core (docs/pd.md, "TTFT by stage").
         env: extra environment for all three processes.
         start_timeout: seconds to wait for each process to become healthy.
     """
@@ -110,6 +115,7 @@ class PdOptions:
     metrics: bool = True
     router: str = "memserve"
     router_args: tuple[str, ...] = ()
+    router_on_prefill_cores: bool = True
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 240.0
 
@@ -122,6 +128,13 @@ class PdOptions:
     @property
     def label(self) -> str:
         return STAGE_LABELS[self.stage]
+
+    def router_cpus(self) -> list[int] | None:
+        """Cores of the router process (prefill's, see ``router_on_prefill_cores``), or None:
+        anywhere."""
+        if self.cpus is None or not self.router_on_prefill_cores:
+            return None
+        return parse_cpus(self.cpus[0])
 
     def _common(self) -> list[str]:
         page = ["--page-size", str(self.page_size)] if self.page_size else []
@@ -195,8 +208,9 @@ class RouterProcess:
 
     def __init__(self, prefill: ServerProcess, bootstrap_port: int, decode: ServerProcess,
                  log_dir: Path, extra: Sequence[str] = (), host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cpus: Sequence[int] | None = None) -> None:
         self.host = host
+        self.cpus = list(cpus) if cpus else None
         self.port, self.prometheus_port = free_ports(2, host)
         self.log_path = Path(log_dir) / "router.log"
         self.argv = [
@@ -221,6 +235,7 @@ class RouterProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)
+        pin(self.proc.pid, self.cpus)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -344,12 +359,14 @@ def _memserve_router(pd: PdCluster) -> MemServeRouterProcess:
             "--decode", pd.decode.url, "--health-check-interval-secs", "2",
             "--health-failure-threshold", "3", "--health-check-timeout-secs", "10",
             "--log-level", "warning", *pd.options.router_args]
-    return MemServeRouterProcess(args, pd.log_dir, host=pd.host, env=dict(pd.options.env))
+    return MemServeRouterProcess(args, pd.log_dir, host=pd.host, env=dict(pd.options.env),
+                                 cpus=pd.options.router_cpus())
 
 
 def _sglang_router(pd: PdCluster) -> RouterProcess:
     return RouterProcess(pd.prefill, pd.bootstrap_port, pd.decode, pd.log_dir,
-                         pd.options.router_args, pd.host, dict(pd.options.env))
+                         pd.options.router_args, pd.host, dict(pd.options.env),
+                         pd.options.router_cpus())
 
 
 # Which router fronts the pair: MemServe's global scheduler, or stock sglang-router (baseline).
