@@ -18,6 +18,12 @@ is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_g
 every local option. Ties: the longest hit, then fewer requests, then rotation by instance id. The sum is
 conservative: the transfer is not assumed to overlap the target's queue wait.
 
+The holder of the longest prefix keeps the request within ``affinity_slack`` of the best
+estimate (scaled by the share of the prompt it caches beyond that option), and, with
+``affinity_pressure``, by its :meth:`MemServePolicy.survival`: how much of its KV the prefill
+work queued ahead of the request leaves unwritten. Under memory pressure a busy holder's prefix
+is evicted before the request runs, so the slack fades there and stays where memory is ample.
+
 Cost: one pass over the candidates plus, for each distinct hit length among them, a few exec
 lookups (cached) against the ``max_migrate_sources`` longest distinct hits.
 """
