@@ -11,6 +11,7 @@ imported only when plots are drawn.
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -297,8 +298,12 @@ def plot(rounds: Sequence[Round], out_dir: Path, prefix: str) -> list[Path]:
         plt.close(fig)
     pairs = [(lbl, a, b) for lbl, a, b in RATIOS if a in configs and b in configs]
     if pairs:
-        fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.4), squeeze=False)
-        for ax, (lbl, a, b) in zip(axes[0], pairs, strict=True):
+        cols = min(4, len(pairs))  # rows of at most four panels
+        rows = -(-len(pairs) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+        for ax in axes.flat[len(pairs):]:
+            ax.set_visible(False)
+        for ax, (lbl, a, b) in zip(axes.flat, pairs, strict=False):
             width = 0.8 / 3
             for k, (fname, f) in enumerate(FIGURES[::2]):  # JCT avg, TTFT avg, prefill tokens
                 vals = [statistics.fmean(v) if (v := ratios(rounds, a, b, w, f)) else 0.0
@@ -310,8 +315,9 @@ def plot(rounds: Sequence[Round], out_dir: Path, prefix: str) -> list[Path]:
                     ax.plot(i + k * width, v, "k*", markersize=9)
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xticks([i + width for i in range(len(ws))], ws, fontsize=7)
-            ax.set_title(lbl, fontsize=8)
-        axes[0][0].set_ylabel("ratio (ours / reference); * paper")
+            ax.set_title(textwrap.fill(lbl, 40), fontsize=8)
+        for row in axes:
+            row[0].set_ylabel("ratio (ours / reference); * paper")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
         files.append(_save(fig, out_dir / f"{prefix}-ratios.png"))
