@@ -60,6 +60,9 @@ def test_partial_pressure_scales_the_slack_between_the_two():
     p = policy(affinity_slack=2.0)
     s = p.survival(cs[1])
     assert 0.0 < s < 1.0
+    d = p.select(RouteRequest(X), cs)
+    if d.instance_id == "holder":             # the reason gives the slack as applied
+        assert f"affinity slack ({2.0 * s:.2f})" in d.reason
     share = HIT / X
     best, own = TABLE.exec_time(X, 0), TABLE.exec_time(X, 0) * 1.25
     needed = (1.0 - best / own) / share          # own * (1 - slack * share) <= best

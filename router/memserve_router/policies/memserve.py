@@ -153,7 +153,8 @@ class MemServePolicy(Policy):
         # Among equal estimates the longest hit wins: it keeps a conversation where its KV is
         # (cost tables flatten out for short prompts, where a hit saves less than the noise).
         longest = max(c.hit_tokens for c in tied)
-        kept = self._affinity(x, candidates, local, best_local)
+        affinity = self._affinity(x, candidates, local, best_local)
+        kept = affinity[0] if affinity is not None else None
         if kept is not None:
             tied, longest = kept, kept[0].hit_tokens
         pick = self._rotate(self._fewest_requests([c for c in tied if c.hit_tokens == longest]))
@@ -172,8 +173,8 @@ class MemServePolicy(Policy):
         else:
             chosen = self._estimate(x, pick, min(pick.hit_tokens, x))
             why = (f"holds the longest prefix: estimate {chosen.total_s * 1e3:.2f} ms, within "
-                   f"the affinity slack of the best {best_local * 1e3:.2f} ms"
-                   if kept is not None and chosen.total_s > best_local + _TIE_S
+                   f"the affinity slack ({affinity[1]:.2f}) of the best {best_local * 1e3:.2f} ms"
+                   if affinity is not None and chosen.total_s > best_local + _TIE_S
                    else f"lowest estimate {chosen.total_s * 1e3:.2f} ms")
             decision = Decision(pick.instance_id, self.name,
                                 f"{why}, hit {chosen.hit_tokens}/{x} tokens")
@@ -269,10 +270,11 @@ class MemServePolicy(Policy):
                         migrate_from=source.instance_id, **common)
 
     def _affinity(self, x: int, candidates: Sequence[Candidate], local: list[float],
-                  best_local: float) -> list[Candidate] | None:
+                  best_local: float) -> tuple[list[Candidate], float] | None:
         """The holders of the longest cached prefix whose estimate is the holders' best, when
-        that best is within the slack of the overall best (they keep the request); None when no
-        instance holds a prefix, the slack is 0, or the holders lose by more.
+        that best is within the slack of the overall best (they keep the request), with the
+        slack applied; None when no instance holds a prefix, the slack is 0, or the holders lose
+        by more.
 
         The slack is ``affinity_slack`` scaled by the share of the prompt the holders cache
         beyond the best option: a conversation's own history (most of its prompt) binds it to
@@ -301,7 +303,7 @@ class MemServePolicy(Policy):
         share = (min(longest, x) - min(best_hit, x)) / x
         if best_own * (1.0 - slack * share) > best_local + _TIE_S:
             return None
-        return kept
+        return kept, slack
 
     def survival(self, c: Candidate) -> float:
         """The share of ``c``'s KV that the prefill work queued ahead on it leaves unwritten:
