@@ -254,8 +254,10 @@ def test_requests_sharing_an_inflight_prefix_wait_for_it_and_hit(
     """A burst of requests sharing a new prefix, behind a busy instance: the first computes it,
     the router holds the others (they are routed to the same instance, predicted) until that
     instance's events confirm the prefix, and they hit it instead of recomputing it in the same
-    batch. A router of its own in front of instance a alone, so the burst cannot spread."""
-    router = start_router(["--worker-urls", colo.a.url], tmp_path)
+    batch. A router of its own in front of instance a alone, so the burst cannot spread; its
+    hold bound is far above the blocker's run time, so only the prefix's events (or the first
+    request's prefill ending) can end a hold, however slow the machine."""
+    router = start_router(["--worker-urls", colo.a.url, "--prefill-hold-secs", "90"], tmp_path)
     try:
         rng = random.Random(7)
         shared = [rng.randrange(10, 900) for _ in range(800)]
