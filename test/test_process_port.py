@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from sglang_memserve.cluster import ServerProcess
-from sglang_memserve.cluster.process import ServerStartError
+from sglang_memserve.cluster.process import ServerStartError, free_port_pairs
 
 
 def _listener() -> socket.socket:
@@ -47,3 +47,49 @@ def test_taken_fixed_port_fails_fast(tiny_model: Path, tmp_path: Path) -> None:
         assert server.proc is not None and server.proc.poll() is not None
     finally:
         squatter.close()
+
+
+def test_free_port_pairs_gives_distinct_bindable_pairs() -> None:
+    """Each port and the one after it bind (a prefill's control port is its bootstrap port +
+    1), and no pair overlaps another: ``free_ports(2)`` could return p and p + 1."""
+    ports = free_port_pairs(4)
+    taken = [q for p in ports for q in (p, p + 1)]
+    assert len(set(taken)) == 8, ports
+    socks = []
+    try:
+        for q in taken:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", q))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_free_port_pairs_skips_a_port_whose_successor_is_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate whose p + 1 is in use is never returned."""
+    squatters = []
+    real_socket = socket.socket
+
+    class _Sock(real_socket):  # the first candidate's successor is taken by a squatter
+        def bind(self, addr: tuple[str, int]) -> None:
+            super().bind(addr)
+            if addr[1] == 0 and not squatters:
+                s = real_socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind((addr[0], self.getsockname()[1] + 1))
+                except OSError:  # already taken by someone else: squat the next candidate's
+                    s.close()
+                    return
+                squatters.append(s)
+
+    monkeypatch.setattr(socket, "socket", _Sock)
+    try:
+        ports = free_port_pairs(1)
+        assert squatters
+        blocked = squatters[0].getsockname()[1]
+        assert ports[0] + 1 != blocked and ports[0] != blocked
+    finally:
+        for s in squatters:
+            s.close()

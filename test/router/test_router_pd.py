@@ -14,7 +14,8 @@ import requests
 from router_helpers import generate, start_router, wait_for
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
-from sglang_memserve.pd.cluster import INSTANCE_ENV, free_ports
+from sglang_memserve.cluster.process import free_port_pairs
+from sglang_memserve.pd.cluster import INSTANCE_ENV
 
 
 class Pd2P1D:
@@ -27,7 +28,7 @@ class Pd2P1D:
 def pd2p1d(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pd2P1D]:
     logs = tmp_path_factory.mktemp("router-2p1d")
     model = ["--model-path", str(tiny_model)]
-    boot = free_ports(2)
+    boot = free_port_pairs(2)  # each prefill's control port is its bootstrap port + 1
     prefills = [ServerProcess([*model, "--role", "prefill", "--instance-id", f"prefill-{i}",
                                "--disaggregation-bootstrap-port", str(port)], logs,
                               name=f"prefill-{i}", env=dict(INSTANCE_ENV))

@@ -37,6 +37,41 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def free_port_pairs(n: int, host: str = "127.0.0.1", attempts: int = 64) -> list[int]:
+    """``n`` TCP ports ``p`` such that every ``p`` and ``p + 1`` were free a moment ago, all
+    ``2 n`` distinct (held open while picking): for instances whose second port is implied (a
+    prefill's control port is its bootstrap port + 1).
+
+    Raises:
+        OSError: fewer than ``n`` such pairs found in ``attempts`` tries.
+    """
+    held: list[socket.socket] = []
+    out: list[int] = []
+    try:
+        for _ in range(attempts):
+            if len(out) == n:
+                break
+            a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            a.bind((host, 0))
+            p = int(a.getsockname()[1])
+            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                b.bind((host, p + 1))
+            except (OSError, OverflowError):
+                a.close()
+                b.close()
+                continue
+            held += [a, b]
+            out.append(p)
+        if len(out) < n:
+            raise OSError(f"{len(out)} of {n} adjacent free port pairs on {host} "
+                          f"in {attempts} tries")
+        return out
+    finally:
+        for s in held:
+            s.close()
+
+
 def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL
     what is left after ``timeout`` (children that outlived the leader too); waits for it.
