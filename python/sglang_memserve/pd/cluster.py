@@ -307,8 +307,8 @@ class PdCluster:
         # NOTE: prefill's control port defaults to bootstrap + 1: both must be free, or the
         # prefill's scheduler dies binding it ("Address already in use", seen in the suite).
         (self.bootstrap_port,) = free_port_pairs(1, host)
-        prefill_port, decode_port = _ports_except(host, 2, {self.bootstrap_port,
-                                                            self.bootstrap_port + 1})
+        pair = {self.bootstrap_port, self.bootstrap_port + 1}  # distinct ports: 2 of 4 stay
+        prefill_port, decode_port = [p for p in free_ports(4, host) if p not in pair][:2]
         self.prefill = self._instance(0, options.prefill_argv(self.bootstrap_port), "prefill",
                                       prefill_port)
         self.decode = self._instance(1, options.decode_argv(), "decode", decode_port)
@@ -390,12 +390,3 @@ def pd_cluster(options: PdOptions | None = None, log_dir: Path | str = "pd-logs"
     cluster = PdCluster(options or PdOptions(), Path(log_dir))
     with cluster:
         yield cluster
-
-
-def _ports_except(host: str, n: int, taken: set[int]) -> list[int]:
-    """``n`` free ports (:func:`free_ports`) none of which is in ``taken``."""
-    while True:
-        ports = free_ports(n + len(taken), host)
-        out = [p for p in ports if p not in taken][:n]
-        if len(out) == n:
-            return out
