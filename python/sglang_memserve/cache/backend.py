@@ -89,7 +89,10 @@ class MemServeRadixCache(UnifiedRadixCache):
         handlers.update(api.handlers())
         self.memserve_control = RpcServer(
             config.instance_id, config.host, config.control_port, handlers,
-            slow_ops=frozenset({"kv_push", "transfer_with_insert"}))
+            # NOTE: prepares wait for the scheduler (a whole forward pass): on their own threads
+            # the control thread keeps taking announcements (``kv_announce``) meanwhile.
+            slow_ops=frozenset({"kv_push", "transfer_with_insert", "kv_prepare",
+                                "kv_prepare_batch"}))
 
     def memserve_check(self) -> dict[str, Any]:
         """MemPool's integrity check over SGLang's memory (scheduler thread): per tier free,
@@ -176,7 +179,7 @@ class MemServeRadixCache(UnifiedRadixCache):
                 "control": self.memserve_control.endpoint if self.memserve_control else None,
             },
             "counters": self.memserve_metrics.counters.as_dict() if self.memserve_metrics else {},
-            "peer": self.memserve_peer.stats.as_dict() if self.memserve_peer else {},
+            "peer": self.memserve_peer.state() if self.memserve_peer else {},
             "pending_transfers": self.memserve_peer.pending() if self.memserve_peer else 0,
             "bridge": ({"failed_posts": self.memserve_bridge.failed_posts,
                         "last_error": self.memserve_bridge.last_error}

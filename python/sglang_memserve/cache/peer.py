@@ -32,7 +32,10 @@ after the answer's last token. Two things keep it off that turn's critical path:
   anyone waits for instead of two, and the next batch's prepare shares the commit's visit;
 * the destination *holds* a bootstrapped request whose prompt extends a prepared, uncommitted
   return (:meth:`PeerService.gate`, on prefill's bootstrap queue) until that return is indexed
-  (at most ``hold_s``), so the turn hits on the answer instead of recomputing it.
+  (at most ``hold_s``), so the turn hits on the answer instead of recomputing it;
+* the source *announces* each return when it is released, before the worker prepares it
+  (:mod:`.announce`): the hold waits for an announced return as for a prepared one, so a
+  return queued behind the worker's previous batch does not lose the race either.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +51,7 @@ from typing import Any
 
 import torch
 
+from sglang_memserve.cache.announce import Announcements, Announcer
 from sglang_memserve.cache.bridge import SchedulerBridge
 from sglang_memserve.cache.staging import STAGING_BYTES, StagedWriter, WriteStats
 from sglang_memserve.config import control_endpoint
@@ -87,6 +92,7 @@ class _Return:
     src_pages: list[int]
     dst: str
     lock: Any
+    ann: str
 
 
 @dataclass
@@ -230,7 +236,7 @@ class PeerService:
         self.bridge = bridge
         self.timeout_s = timeout_s
         self.hold_s = hold_s
-        self._held: list[tuple[Any, str, float, float]] = []  # (req, txn, since, deadline)
+        self._held: list[tuple[Any, float, float]] = []  # (req, since, deadline)
         self.stats = PeerStats()
         self.destination = SGLangDestination(cache, pool, transport, self.stats)
         self.layout = self.destination.layout
@@ -238,6 +244,8 @@ class PeerService:
                                    self.stats.write)
         self.incoming = TxnTable(self.destination, pool.config.txn_lease_s,
                                  pool.config.min_transfer_rate_bps)
+        self.announced = Announcements()
+        self.announcer = Announcer(lambda dst, msg: Peer(dst, self.timeout_s).call(msg))
         self._work: list[Callable[[], None] | _Return] = []
         self._cv = threading.Condition()
         self._worker = threading.Thread(target=self._run, name="memserve-peer", daemon=True)
@@ -253,10 +261,27 @@ class PeerService:
     # ---- control-channel handlers (RPC thread) -------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[dict], dict]]:
-        """The protocol's ops (run on the scheduler thread) and ``kv_push``."""
+        """The protocol's ops (run on the scheduler thread), ``kv_announce`` (on the control
+        thread), ``kv_push`` and ``peers_set``."""
         return {**protocol_handlers(self.incoming, lambda fn: self.bridge.call(fn, self.timeout_s),
                                     self.bridge.post, self._failed),
+                "kv_prepare_batch": self._on_prepare_batch, "kv_announce": self.announced.add,
                 "kv_push": self._on_push, "peers_set": self._on_peers_set}
+
+    def _on_prepare_batch(self, msg: dict) -> dict:
+        """The protocol's ``kv_prepare_batch``; the announcements its items name end in the
+        same scheduler visit, so the hold never sees a return as neither."""
+        items = msg.get("items")
+        if not isinstance(items, list):
+            raise InvalidRequest("kv_prepare_batch needs a list of items")
+
+        def run() -> list[dict]:
+            try:
+                return self.incoming.prepare_batch(items)
+            finally:
+                self.announced.end(it.get("ann") for it in items if isinstance(it, dict))
+
+        return {"items": self.bridge.call(run, self.timeout_s)}
 
     def _on_peers_set(self, msg: dict) -> dict:
         """Replace the peers registered at run time with ``msg["peers"]`` (the router sends its
@@ -320,37 +345,49 @@ class PeerService:
         Returns:
             The requests to enqueue now: earlier held ones whose return was indexed (or gave up
             waiting), then those of ``popped`` not waiting for one. A request whose prompt
-            extends a prepared, uncommitted return is kept back (changes ``self._held``).
+            extends a prepared, uncommitted return or an announced one is kept back (changes
+            ``self._held``).
         """
-        if not self._held and not self.incoming.pending():
+        if not self._held and not self.incoming.pending() and not len(self.announced):
             return popped
         now = time.monotonic()
         out, still = [], []
-        for req, txn, since, deadline in self._held:
-            if txn in self.incoming and now < deadline:
-                still.append((req, txn, since, deadline))
+        for req, since, deadline in self._held:
+            waits = self._waits(req)
+            if waits and now < deadline:
+                still.append((req, since, deadline))
                 continue
-            self.stats.hold_timeouts += txn in self.incoming
+            self.stats.hold_timeouts += waits
             self.stats.held_s += now - since
             out.append(req)
         for req in popped:
-            txn = self._waits_for(req)
-            if txn is None:
-                out.append(req)
-            else:
+            if self._waits(req):
                 self.stats.held_requests += 1
-                still.append((req, txn, now, now + self.hold_s))
+                still.append((req, now, now + self.hold_s))
+            else:
+                out.append(req)
         self._held = still
         return out
 
-    def _waits_for(self, req: Any) -> str | None:
-        """The prepared return that covers more of ``req``'s prompt than the tree has yet."""
+    def _waits(self, req: Any) -> bool:
+        """Whether a prepared or announced return covers more of ``req``'s prompt than the
+        tree has yet (may split a tree node, as SGLang's own matching does)."""
         ids = req.origin_input_ids
-        for txn_id, res in self.incoming.reservations():
-            m = min(len(ids), res.skip + self.cache.page_size)
+        ps = self.cache.page_size
+        for _txn, res in self.incoming.reservations():
+            m = min(len(ids), res.skip + ps)
             if m > res.skip and len(res.tokens) >= m and list(ids[:m]) == res.tokens[:m]:
-                return txn_id
-        return None
+                return True
+        if not len(self.announced):
+            return False
+        have = match_device(self.cache, list(ids[: len(ids) // ps * ps]))[0]
+        return self.announced.covers(ids, have, ps)
+
+    def state(self) -> dict[str, Any]:
+        """The counters ``/server_info`` reports (reads only)."""
+        return self.stats.as_dict() | {
+            "announced": self.announced.received, "announce_sent": self.announcer.sent,
+            "announce_failed": self.announcer.failed}
 
     def held(self) -> int:
         return len(self._held)
@@ -399,8 +436,11 @@ class PeerService:
             self.bridge.post(lambda: self.cache.unlock(lock))
             done(outcome)
 
+        if done is None:
+            ann = uuid.uuid4().hex
+            self.announcer.announce(dst, ann, tokens)
         with self._cv:
-            self._work.append(job if done else _Return(tokens, src_pages, dst, lock))
+            self._work.append(job if done else _Return(tokens, src_pages, dst, lock, ann))
             self._cv.notify()
 
     def check_destination(self, dst: Any) -> None:
@@ -444,7 +484,7 @@ class PeerService:
         t, c = time.perf_counter(), time.thread_time()
         try:
             sent = send_batch(Peer(dst, self.timeout_s),
-                              [SendItem(it.tokens, it.src_pages) for it in items],
+                              [SendItem(it.tokens, it.src_pages, it.ann) for it in items],
                               self.layout, self.writer)
             self._count(items, sent)
         finally:

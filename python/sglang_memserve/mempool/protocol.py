@@ -274,6 +274,7 @@ class SendItem:
 
     tokens: list[int]
     src_pages: list[int]
+    ann: str | None = None  # the announcement its prepare ends (decode -> prefill returns)
 
 
 @dataclass(frozen=True)
@@ -365,7 +366,8 @@ def send_batch(peer: Peer, items: Sequence[SendItem], src_layout: PageLayout,
     txns = [uuid.uuid4().hex for _ in items]
     try:
         reps = peer.call({"op": "kv_prepare_batch", "items": [
-            {"txn": t, "tokens": it.tokens} for t, it in zip(txns, items, strict=True)]})["items"]
+            {"txn": t, "tokens": it.tokens} | ({"ann": it.ann} if it.ann else {})
+            for t, it in zip(txns, items, strict=True)]})["items"]
     except MemPoolError as exc:
         reps = [{"error": f"prepare: {exc}"}] * len(items)
     out: list[Sent | None] = [None] * len(items)
