@@ -310,7 +310,7 @@ def run_config(setup: Setup, rnd: int, model_args: list[str], out: Path, args: A
     tag = setup.name if rnd == 0 else f"{setup.name}-r{rnd}"
     print(f"[pd_bench] round {rnd} {setup.name}: starting", flush=True)
     with serving(setup, model_args, out / "logs" / f"round{rnd}", args.cpus,
-                 colo_env) as served:
+                 colo_env, args.pin_instances) as served:
         facts: dict[str, Any] = {"startup_s": served.startup_s}
         if served.decode_url is not None:
             facts["cpus"] = served.cpus
@@ -395,6 +395,9 @@ def main(argv: list[str] | None = None) -> None:
                          "documents x --max-turns questions, --max-chars of context)")
     ap.add_argument("--cpus", default=None,
                     help="PD core split 'P/D' (e.g. '0/1'), or 'shared'; default: one core each")
+    ap.add_argument("--pin-instances", action="store_true",
+                    help="hold every process of a PD instance to its cores (before stop 9), "
+                         "not only its scheduler")
     ap.add_argument("--page-size", type=int, default=None,
                     help="SGLang --page-size for every configuration (default: SGLang's, 1)")
     ap.add_argument("--colo-omp-threads", type=int, default=None,

@@ -64,3 +64,58 @@ def test_pin_restricts_a_started_process_and_the_threads_it_starts_later() -> No
     assert out.split() == [f"[{core}]", f"[{core}]"]
     pin(os.getpid(), None)  # None: nothing changes
     assert len(os.sched_getaffinity(0)) >= 2
+
+
+def test_only_schedulers_are_held_to_an_instances_cores_by_default() -> None:
+    opts = PdOptions(cpus=("0", "1"))
+    assert opts.process_cpus(0) == opts.process_cpus(1) == [0, 1]
+    whole = PdOptions(cpus=("0-1", "2-3"), pin_schedulers_only=False)
+    assert whole.process_cpus(0) == [0, 1] and whole.process_cpus(1) == [2, 3]
+    assert PdOptions(cpus=None).process_cpus(0) is None
+
+
+class _Server:
+    """What ``pin_schedulers`` reads of a ServerProcess: its launcher ``proc`` and ``name``."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc, self.name = proc, "fake"
+
+
+# A launcher (this code) with one child titled like SGLang's scheduler, holding a thread.
+_LAUNCHER = (
+    "import subprocess, sys, time; "
+    "child = subprocess.Popen([sys.executable, '-c', "
+    "'import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+    "time.sleep(30)', sys.argv[1]]); print(child.pid, flush=True); time.sleep(30)")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to restrict")
+@pytest.mark.parametrize("title", ["sglang::scheduler", "sglang::detokenizer"])
+def test_pin_schedulers_holds_the_scheduler_and_leaves_the_rest(title: str) -> None:
+    import psutil
+
+    from sglang_memserve.pd.cluster import pin_schedulers
+
+    everywhere = sorted(os.sched_getaffinity(0))
+    core = everywhere[-1]
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, title], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        child = psutil.Process(int(proc.stdout.readline()))
+        import time
+        deadline = time.monotonic() + 20
+        while len(child.threads()) < 2:
+            assert time.monotonic() < deadline, "the fake scheduler never started its thread"
+            time.sleep(0.01)
+        found = pin_schedulers(_Server(proc), [core])
+        child_threads = {tuple(os.sched_getaffinity(t.id)) for t in child.threads()}
+        launcher = sorted(os.sched_getaffinity(proc.pid))
+        if title == "sglang::scheduler":
+            assert found == 1 and child_threads == {(core,)} and launcher == everywhere
+        else:  # no scheduler: the whole instance is pinned, as before
+            assert found == 0 and child_threads == {(core,)} and launcher == [core]
+    finally:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            p.kill()
+        proc.kill()
+        proc.wait()

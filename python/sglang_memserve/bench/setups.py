@@ -328,14 +328,15 @@ def _routed(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
 
 @contextmanager
 def _pd(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None,
-        colo_env: dict[str, str] | None, t0: float) -> Iterator[Served]:
+        colo_env: dict[str, str] | None, t0: float, pin_instances: bool = False
+        ) -> Iterator[Served]:
     pin = pd_cpus(cpus)
     caches = {} if setup.cache == "memserve" else {"prefill_cache": setup.cache,
                                                     "decode_cache": setup.cache}
     # MemServe's configurations run behind memserve-router, stock SGLang's behind sglang-router.
     router = "sglang" if setup.stock else "memserve"
     opts = PdOptions(stage=setup.pd_stage, common_args=tuple(model_args), cpus=pin,
-                     router=router, **caches)
+                     router=router, pin_schedulers_only=not pin_instances, **caches)
     with PdCluster(opts, log_dir / setup.name) as pd:
         yield Served(setup, pd.url, pd.prefill.url, pd.decode.url,
                      [pd.prefill.proc.pid, pd.decode.proc.pid], time.perf_counter() - t0, pin)
@@ -345,7 +346,8 @@ _STARTERS: dict[str, Starter] = {"colocated": _colocated, "routed": _routed, "pd
 
 
 def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None = None,
-            colo_env: dict[str, str] | None = None) -> AbstractContextManager[Served]:
+            colo_env: dict[str, str] | None = None, pin_instances: bool = False
+            ) -> AbstractContextManager[Served]:
     """Start ``setup`` from scratch; the context yields its handle and stops every process on
     exit.
 
@@ -354,6 +356,9 @@ def serving(setup: Setup, model_args: list[str], log_dir: Path, cpus: str | None
         log_dir: server logs go under it.
         cpus: PD core split (:func:`pd_cpus`); behind a colocated router, instance i's cores.
         colo_env: extra environment of a colocated server (e.g. ``OMP_NUM_THREADS``).
+        pin_instances: PD only: hold every process of an instance to its cores, not only its
+            scheduler (``PdOptions.pin_schedulers_only``).
     """
+    extra = {"pin_instances": True} if pin_instances and setup.topology == "pd" else {}
     return _STARTERS[setup.topology](setup, model_args, log_dir, cpus, colo_env,
-                                     time.perf_counter())
+                                     time.perf_counter(), **extra)

@@ -25,6 +25,7 @@ is the saturated one under load: ``router_on_prefill_cores``), SGLang's idle sch
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import psutil
 import requests
 
 from sglang_memserve.cluster import MemServeRouterProcess, ServerProcess
@@ -46,6 +48,8 @@ from sglang_memserve.cluster.process import (
     free_ports,
     pin,
 )
+
+logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("basic", "caching1", "caching2", "caching3")
 STAGE_LABELS: dict[str, str] = {
@@ -105,6 +109,13 @@ class PdOptions:
             (its CPU affinity) instead of anywhere: decode's core is busy for as long as any
             request decodes, prefill's is idle between prompts, and a router left unpinned
             took its share of decode's core (docs/pd.md, "TTFT by stage").
+        pin_schedulers_only: with ``cpus``, only each instance's scheduler process (the
+            model's compute, its KV transfers and MemServe's threads) is held to the instance's
+            cores; its HTTP server, tokenizer and detokenizer processes may run on either
+            instance's cores. Under load decode's core is saturated by its scheduler while
+            prefill's idles between prompts; pinned there too, decode's detokenizer and HTTP
+            server took decode's scheduler's time (docs/pd.md, "Stop 9"). False: every process
+            of an instance on its own cores.
         env: extra environment for all three processes.
         start_timeout: seconds to wait for each process to become healthy.
     """
@@ -122,6 +133,7 @@ class PdOptions:
     router: str = "memserve"
     router_args: tuple[str, ...] = ()
     router_on_prefill_cores: bool = True
+    pin_schedulers_only: bool = True
     env: tuple[tuple[str, str], ...] = ()
     start_timeout: float = 240.0
 
@@ -141,6 +153,16 @@ class PdOptions:
         if self.cpus is None or not self.router_on_prefill_cores:
             return None
         return parse_cpus(self.cpus[0])
+
+    def process_cpus(self, index: int) -> list[int] | None:
+        """CPU affinity an instance's processes start with: its own cores, or with
+        ``pin_schedulers_only`` both instances' (its scheduler is pinned once it runs:
+        :func:`pin_schedulers`); None: anywhere."""
+        if self.cpus is None:
+            return None
+        if self.pin_schedulers_only:
+            return sorted({c for spec in self.cpus for c in parse_cpus(spec)})
+        return parse_cpus(self.cpus[index])
 
     def _common(self) -> list[str]:
         page = ["--page-size", str(self.page_size)] if self.page_size else []
@@ -180,6 +202,32 @@ class PdOptions:
         elif self.omp_threads:
             env.setdefault("OMP_NUM_THREADS", str(self.omp_threads))
         return env
+
+
+def pin_schedulers(server: ServerProcess, cpus: list[int]) -> int:
+    """Hold every thread of ``server``'s SGLang scheduler process(es) (titled
+    ``sglang::scheduler``) to ``cpus``; threads they start later inherit it. Returns how many
+    processes were pinned; with none found, the whole instance is pinned instead (as with
+    ``pin_schedulers_only=False``) and a warning logged."""
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    found = 0
+    for proc in root.children(recursive=True):
+        try:
+            if "scheduler" not in " ".join(proc.cmdline()):
+                continue
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, cpus)
+            found += 1
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
+    if not found:
+        logger.warning("no scheduler process found under %s: pinning the whole instance",
+                       server.name)
+        for proc in [root, *root.children(recursive=True)]:
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, cpus)
+    return found
 
 
 def parse_cpus(spec: str) -> list[int]:
@@ -316,9 +364,9 @@ class PdCluster:
 
     def _instance(self, index: int, argv: list[str], name: str, port: int | None = None
                   ) -> ServerProcess:
-        cpus = parse_cpus(self.options.cpus[index]) if self.options.cpus else None
         return ServerProcess(argv, self.log_dir, name=name, host=self.host, port=port,
-                             env=self.options.instance_env(index), cpus=cpus)
+                             env=self.options.instance_env(index),
+                             cpus=self.options.process_cpus(index))
 
     @property
     def url(self) -> str:
@@ -335,6 +383,9 @@ class PdCluster:
                            for s in (self.prefill, self.decode)]
                 for f in futures:
                     f.result()
+            if self.options.cpus and self.options.pin_schedulers_only:
+                for i, server in enumerate((self.prefill, self.decode)):
+                    pin_schedulers(server, parse_cpus(self.options.cpus[i]))
             self.router = ROUTERS[self.options.router](self)
             self.router.start()
         except BaseException:
@@ -344,9 +395,9 @@ class PdCluster:
 
     def new_decode(self, name: str = "decode-b") -> ServerProcess:
         """A second decode instance with the same options (not started, not routed)."""
-        cpus = parse_cpus(self.options.cpus[1]) if self.options.cpus else None
         return ServerProcess(self.options.decode_argv(), self.log_dir, name=name,
-                             host=self.host, env=self.options.instance_env(1), cpus=cpus)
+                             host=self.host, env=self.options.instance_env(1),
+                             cpus=self.options.process_cpus(1))
 
     def stop(self) -> None:
         """Stops the router, then both instances side by side (each drains for a few seconds)."""
