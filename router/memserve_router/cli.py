@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
                    default=RouterConfig.load_per_request_s,
                    help="memserve policy: cost of each request already on an instance (raise "
                         "it for long decodes: a crowded decode batch slows every request on it)")
+    p.add_argument("--load-per-request-steps", type=float, default=None,
+                   help="memserve policy: that cost as this many of the cost table's decode "
+                        "steps (overrides --load-per-request-secs)")
+    p.add_argument("--hit-survival", action="store_true",
+                   help="memserve policy: price each cached prefix by the chance it survives "
+                        "the holder's queue inside the estimate")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)
@@ -161,7 +167,9 @@ def parse_args(argv: Sequence[str]) -> tuple[RouterConfig, str]:
             migrate=not a.no_migrate, min_migrate_gain_s=a.min_migrate_gain_secs,
             affinity_slack=a.affinity_slack, affinity_pressure=not a.affinity_ignore_pressure,
             migration_overhead_s=a.migration_overhead_secs,
-            load_per_request_s=a.load_per_request_secs, prefill_hold_s=a.prefill_hold_secs,
+            load_per_request_s=a.load_per_request_secs,
+            load_per_request_steps=a.load_per_request_steps, hit_survival=a.hit_survival,
+            prefill_hold_s=a.prefill_hold_secs,
             cache_threshold=a.cache_threshold,
             balance_abs_threshold=a.balance_abs_threshold,
             balance_rel_threshold=a.balance_rel_threshold,

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from memserve_router.policies import PolicyConfig
+from sglang_memserve.gpu.costmodel import load_table
 from sglang_memserve.mempool.auth import ControlAuth
 from sglang_memserve.overload import OverloadLimits
 from sglang_memserve.validate import RequestLimits
+
+# Context of the decode step that ``load_per_request_steps`` counts in (tokens).
+DECODE_STEP_CONTEXT = 1024
 
 Role = Literal["colocated", "prefill", "decode"]
 ROLES: tuple[Role, ...] = ("colocated", "prefill", "decode")
@@ -72,6 +76,13 @@ class RouterConfig:
         load_per_request_s: the ``memserve`` policy's cost of each request already on an
             instance (seconds; small, so equal estimates spread). Raise it where requests
             decode long enough for a crowded instance's decode batch to slow them.
+        load_per_request_steps: instead of ``load_per_request_s``: that cost as this many of
+            the cost table's decode steps (one sequence, :data:`DECODE_STEP_CONTEXT` tokens of
+            context), so it follows the hardware the table describes (a decode step is 1/80 of
+            a 1,024-token prefill on ``cpu-bench``, 1/3 on the H100 table). None: use
+            ``load_per_request_s``.
+        hit_survival: price each hit by the holder's survival inside the ``memserve``
+            policy's estimate (``PolicyConfig.hit_survival``).
         cache_threshold, balance_abs_threshold, balance_rel_threshold: the ``prefix``
             policy's thresholds (sglang-router's ``cache_aware`` defaults).
         health_interval_s, health_timeout_s, health_failure_threshold: health checks; an
@@ -127,6 +138,8 @@ class RouterConfig:
     affinity_pressure: bool = True
     migration_overhead_s: float | None = None
     load_per_request_s: float = PolicyConfig.load_per_request_s
+    load_per_request_steps: float | None = None
+    hit_survival: bool = False
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5
@@ -184,8 +197,21 @@ class RouterConfig:
                             migrate=self.migrate, min_migrate_gain_s=self.min_migrate_gain_s,
                             affinity_slack=self.affinity_slack,
                             affinity_pressure=self.affinity_pressure,
+                            hit_survival=self.hit_survival,
                             migration_overhead_s=self.migration_overhead_s,
-                            load_per_request_s=self.load_per_request_s)
+                            load_per_request_s=self.per_request_s)
+
+    @property
+    def per_request_s(self) -> float:
+        """The ``memserve`` policy's cost per request on an instance, seconds: from
+        ``load_per_request_steps`` and the cost table when set, else ``load_per_request_s``
+        (raises ValueError for a negative count or a table without decode points)."""
+        steps = self.load_per_request_steps
+        if steps is None:
+            return self.load_per_request_s
+        if steps < 0:
+            raise ValueError(f"load_per_request_steps must be >= 0, got {steps}")
+        return steps * load_table(self.cost_table).decode_time(1, DECODE_STEP_CONTEXT)
 
     @property
     def limits(self) -> RequestLimits:

@@ -131,7 +131,8 @@ def test_few_candidates_decide_as_all_members(seed):
                            min_migrate_gain_s=rng.choice([0.0, 0.0, 0.05]),
                            migrate=rng.random() < 0.85,
                            affinity_slack=rng.choice([0.0, 0.2, 0.5, 2.0]),
-                           affinity_pressure=rng.random() < 0.8)
+                           affinity_pressure=rng.random() < 0.8,
+                           hit_survival=rng.random() < 0.5)
         full_policy, fast_policy = make_policy("memserve", cfg), make_policy("memserve", cfg)
         per = cfg.load_per_request_s
         states += 1

@@ -211,6 +211,11 @@ class PolicyConfig:
             (the share of the holder's KV that the prefill work queued ahead of the request
             would not rewrite). Where the holder's ``Load.kv_tokens`` is unknown (0), no
             scaling.
+        hit_survival: ``memserve``: price each local hit by its survival inside the
+            estimate: ``exec(x, y) + lost * (exec(x, 0) - exec(x, y))``, ``lost`` =
+            ``min(1, (queue wait + load term) / exec(kv_tokens, 0))``, the share of the pool
+            rewritten before the request runs (a hit that will be gone is worth nothing).
+            Where ``Load.kv_tokens`` is unknown (0) or nothing waits, the hit counts in full.
         migration_overhead_s: ``memserve``: a migration's fixed cost, pinned; None learns it
             from the migrations the router awaits (``observe_migration``).
         session_table_size: ``session``: sessions remembered (least recently used evicted).
@@ -227,6 +232,7 @@ class PolicyConfig:
     max_migrate_sources: int = 4
     affinity_slack: float = 0.0
     affinity_pressure: bool = True
+    hit_survival: bool = False
     migration_overhead_s: float | None = None
     session_table_size: int = 100_000
 

@@ -18,6 +18,11 @@ is chosen only if it beats both ``local(c)`` and ``local(h)`` by ``min_migrate_g
 every local option. Ties: the longest hit, then fewer requests, then rotation by instance id. The sum is
 conservative: the transfer is not assumed to overlap the target's queue wait.
 
+With ``hit_survival`` a local hit is priced by its survival inside the estimate:
+``exec(x, y) + lost * (exec(x, 0) - exec(x, y))`` with ``lost = min(1, score / exec(kv, 0))``,
+``score`` the candidate's queue wait + load term and ``kv`` its KV capacity: the expected
+prefill when what runs ahead rewrites that share of the pool, evicting the prefix.
+
 The holder of the longest prefix keeps the request within ``affinity_slack`` of the best
 estimate (scaled by the share of the prompt it caches beyond that option), and, with
 ``affinity_pressure``, by its :meth:`MemServePolicy.survival`: how much of its KV the prefill
@@ -125,6 +130,7 @@ class MemServePolicy(Policy):
         mig = self._sources(x, exec_by_hit) if cfg.migrate and len(exec_by_hit) > 1 else {}
         sources = {u for _, u in mig.values()}
         page, swap_pp, per_req = table.page_size, table.swap_in_per_page_s, cfg.load_per_request_s
+        priced = cfg.hit_survival
         local: list[float] = []
         best_local = float("inf")
         migs: list[tuple[float, int, int]] = []        # (total, target index, source length)
@@ -138,6 +144,8 @@ class MemServePolicy(Policy):
                 host = c.host_tokens if c.host_tokens < hit else hit
                 b += (-(-host // page)) * swap_pp
             t = b + exec_by_hit[hit]
+            if priced and hit and ld.kv_tokens:
+                t += self._eviction_s(x, hit, ld.kv_tokens, ld.queue_wait_s + r * per_req)
             local.append(t)
             if t < best_local:
                 best_local = t
@@ -198,7 +206,9 @@ class MemServePolicy(Policy):
             host = c.host_tokens if c.host_tokens < hit else hit
             part = (ld.queue_wait_s, (-(-host // page)) * swap_pp, ld.requests * per_req, host)
             parts.append(part)
-            ests.append(Estimate(c.instance_id, hit, host, part[0], exec_by_hit[hit], part[1],
+            ests.append(Estimate(c.instance_id, hit, host, part[0],
+                                 exec_by_hit[hit] + self._eviction_s(
+                                     x, hit, ld.kv_tokens, ld.queue_wait_s + part[2]), part[1],
                                  0.0, None, part[2]))
         for _, i, u in migs:
             c, (wait, swap, load, host) = candidates[i], parts[i]
@@ -261,10 +271,13 @@ class MemServePolicy(Policy):
         prefix from ``source`` when given); ``hit`` is the target's own clamped hit."""
         ld, table = target.load, self.table
         host = min(target.host_tokens, hit)
+        load_s = ld.requests * self.config.load_per_request_s
         common = dict(wait_s=ld.queue_wait_s, swap_s=table.swap_time(table.pages_for(host), "in"),
-                      load_s=ld.requests * self.config.load_per_request_s)
+                      load_s=load_s)
         if source is None:
-            return Estimate(target.instance_id, hit, host, exec_s=self.exec_s(x, hit), **common)
+            lost = self._eviction_s(x, hit, ld.kv_tokens, ld.queue_wait_s + load_s)
+            return Estimate(target.instance_id, hit, host, exec_s=self.exec_s(x, hit) + lost,
+                            **common)
         return Estimate(target.instance_id, src_hit, host, exec_s=self.exec_s(x, src_hit),
                         transfer_s=self.transfer_s(src_hit - hit),
                         migrate_from=source.instance_id, **common)
@@ -315,6 +328,19 @@ class MemServePolicy(Policy):
         if ld.kv_tokens <= 0 or ld.queue_wait_s <= 0.0:
             return 1.0
         return max(0.0, 1.0 - ld.queue_wait_s / self.exec_s(ld.kv_tokens, 0))
+
+    def _eviction_s(self, x: int, hit: int, kv_tokens: int, wait_s: float) -> float:
+        """With ``hit_survival``: the prefill an instance's ``hit`` (clamped) is expected to
+        lose to eviction before the request runs there, ``lost * (exec(x, 0) - exec(x, hit))``
+        with ``lost = min(1, wait_s / exec(kv_tokens, 0))``; else 0 (also for an unknown
+        capacity, 0). ``wait_s`` is the instance's load score (queue wait + requests x
+        ``load_per_request_s``, what the estimate says the request waits), so the estimate
+        stays increasing in that score among instances with the same hit and capacity, which
+        the router's few-candidate pass relies on (``loadindex``). Grows only the exec memo."""
+        if not self.config.hit_survival or hit <= 0 or kv_tokens <= 0 or wait_s <= 0.0:
+            return 0.0
+        lost = min(1.0, wait_s / self.exec_s(kv_tokens, 0))
+        return lost * (self.exec_s(x, 0) - self.exec_s(x, min(hit, x)))
 
     @staticmethod
     def _fewest_requests(tied: list[Candidate]) -> list[Candidate]:
