@@ -65,7 +65,9 @@ def _hold_for_returns(result: Any, queue: Any, *_args: Any, **_kwargs: Any) -> A
     """AFTER hook on prefill's ``PrefillBootstrapQueue.pop_bootstrapped``: requests whose prompt
     a decode KV return is about to cover wait for it (``PeerService.gate``)."""
     peer = getattr(getattr(queue.scheduler, "tree_cache", None), "memserve_peer", None)
-    return result if peer is None else peer.gate(result)
+    if peer is None:
+        return result
+    return peer.gate(result, len(getattr(queue.scheduler, "waiting_queue", ())))
 
 
 def _check_prompt_ids(manager: Any, obj: Any, input_ids: Any, *_args: Any, **_kwargs: Any

@@ -156,9 +156,9 @@ def make_service(monkeypatch: pytest.MonkeyPatch, hold_s: float = 5.0
 def test_a_turn_waits_for_its_announced_return_through_prepare_and_commit(monkeypatch) -> None:
     svc, tree, incoming = make_service(monkeypatch)
     svc.announced.add({"items": [{"ann": "a1", "tokens": PROMPT + ANSWER}]})
-    turn2, other = Req(PROMPT + ANSWER + FOLLOW), Req(PROMPT + [1, 2, 3, 4, 5])
+    turn2 = Req(PROMPT + ANSWER + FOLLOW)
     # Announced, not yet prepared: the old hold (prepared returns only) let turn 2 through.
-    assert svc.gate([turn2, other]) == [other]
+    assert svc.gate([turn2]) == []
     assert svc.held() == 1
     # The prepare is served (the announcement ends in the same visit): still held.
     out = svc._on_prepare_batch({"items": [{"txn": "t1", "tokens": PROMPT + ANSWER,
@@ -203,3 +203,16 @@ def test_no_returns_in_flight_costs_no_tree_match(monkeypatch) -> None:
     monkeypatch.setattr(peer_mod, "match_device", lambda *a: pytest.fail("matched"))
     reqs = [Req(PROMPT + FOLLOW)]
     assert svc.gate(reqs) is reqs
+
+
+def test_no_hold_while_other_prompts_would_run(monkeypatch) -> None:
+    """Beside other prompts the hold would last a whole forward pass: the turn goes now."""
+    svc, _tree, _incoming = make_service(monkeypatch)
+    svc.announced.add({"items": [{"ann": "a1", "tokens": PROMPT + ANSWER}]})
+    turn2, other = Req(PROMPT + ANSWER + FOLLOW), Req(PROMPT + [1, 2, 3, 4, 5])
+    assert svc.gate([turn2, other]) == [other, turn2]
+    assert svc.gate([turn2], waiting=1) == [turn2]
+    # Held while prefill idles, let go as soon as another prompt arrives.
+    assert svc.gate([turn2]) == [] and svc.held() == 1
+    assert svc.gate([other]) == [other, turn2] and svc.held() == 0
+    assert (svc.stats.held_requests, svc.stats.holds_skipped_busy) == (1, 3)

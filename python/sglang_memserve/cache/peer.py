@@ -107,6 +107,7 @@ class PeerStats:
     held_requests: int = 0
     held_s: float = 0.0
     hold_timeouts: int = 0
+    holds_skipped_busy: int = 0  # not held (or let go): other prompts were about to run
     reaped: int = 0
     last_error: str | None = None
     # Where a return's time goes (summed): match + lock on the scheduler thread at release,
@@ -336,17 +337,20 @@ class PeerService:
                 self.stats.reaped += n
                 logger.warning("MemServe: %d incoming transfer(s) expired; pages freed", n)
 
-    def gate(self, popped: list[Any]) -> list[Any]:
+    def gate(self, popped: list[Any], waiting: int = 0) -> list[Any]:
         """Filter the requests prefill's bootstrap queue just released (scheduler thread).
 
         Args:
             popped: the bootstrapped requests, about to enter the waiting queue.
+            waiting: requests already in the waiting queue.
 
         Returns:
             The requests to enqueue now: earlier held ones whose return was indexed (or gave up
             waiting), then those of ``popped`` not waiting for one. A request whose prompt
             extends a prepared, uncommitted return or an announced one is kept back (changes
-            ``self._held``).
+            ``self._held``) while nothing else would run: the return lands one or two
+            scheduler iterations later, so beside other prompts the hold would cost a whole
+            forward pass, more than recomputing the answer in this one.
         """
         if not self._held and not self.incoming.pending() and not len(self.announced):
             return popped
@@ -360,12 +364,18 @@ class PeerService:
             self.stats.hold_timeouts += waits
             self.stats.held_s += now - since
             out.append(req)
+        fresh = []
         for req in popped:
-            if self._waits(req):
-                self.stats.held_requests += 1
-                still.append((req, now, now + self.hold_s))
-            else:
-                out.append(req)
+            (fresh if self._waits(req) else out).append(req)
+        if waiting or out:
+            # A forward pass runs now anyway: waiting through it costs more than the answer.
+            self.stats.holds_skipped_busy += len(fresh) + len(still)
+            self.stats.held_s += sum(now - since for _req, since, _d in still)
+            out += [req for req, _s, _d in still] + fresh
+            still = []
+        else:
+            self.stats.held_requests += len(fresh)
+            still += [(req, now, now + self.hold_s) for req in fresh]
         self._held = still
         return out
 
