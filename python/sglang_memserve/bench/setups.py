@@ -87,6 +87,12 @@ COLO_ROUTERS: dict[str, ColoRouter] = {
     # one decode step on this CPU, which a prefill placed beside a decoding request waits for.
     "memserve-lpr05": ColoRouter("memserve", ("--policy", "memserve",
                                               "--load-per-request-secs", "0.05")),
+    # The same cost as 5 of the cost table's decode steps (49.7 ms on cpu-bench), so that it
+    # follows the hardware of the table (memserve_router.config.load_per_request_steps).
+    "memserve-steps5": ColoRouter("memserve", ("--policy", "memserve",
+                                               "--load-per-request-steps", "5")),
+    # Each hit priced by its survival through the instance's queue (--hit-survival).
+    "memserve-survival": ColoRouter("memserve", ("--policy", "memserve", "--hit-survival")),
 }
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
@@ -118,6 +124,12 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
     Setup("colo2-memserve-router-lpr05",
           "2 x colocated + cache, memserve-router, 50 ms per request", None, "memserve",
           "memserve-lpr05", 2),
+    Setup("colo2-memserve-router-steps5",
+          "2 x colocated + cache, memserve-router, 5 decode steps per request", None,
+          "memserve", "memserve-steps5", 2),
+    Setup("colo2-memserve-router-survival",
+          "2 x colocated + cache, memserve-router, hits priced by survival", None, "memserve",
+          "memserve-survival", 2),
 )}
 
 # Prometheus series worth keeping from each instance (sum and count of these histograms).
