@@ -23,6 +23,13 @@ class InstanceSpec:
         chunk_tokens: prefill chunk size (SGLang's ``--chunked-prefill-size``): one scheduler
             iteration computes at most this many new prompt tokens of one request.
         max_batch: most requests in one decode batch (SGLang's ``--max-running-requests``).
+        iteration_overhead_s: fixed seconds each scheduler iteration (a prefill chunk, a decode
+            step) takes beyond the table's forward time: the serving engine's own work per
+            iteration (batch building, sampling, streaming the tokens out), which a table of
+            model forwards does not contain (0: none, the GPU tables' assumption).
+        batch_prefill: one prefill iteration also computes the queued prompts that fit whole
+            in what is left of its ``chunk_tokens`` (SGLang's prefill batch; their first tokens
+            come together); False: one prompt per iteration.
         prefix_cache: reuse cached KV (False: every prefill computes the whole prompt and a
             decode instance receives all of it, as SGLang without a radix cache; the index
             still tracks pages, so memory use is the same).
@@ -33,8 +40,12 @@ class InstanceSpec:
     chunk_tokens: int = 8192
     max_batch: int = 256
     prefix_cache: bool = True
+    iteration_overhead_s: float = 0.0
+    batch_prefill: bool = False
 
     def __post_init__(self) -> None:
+        if self.iteration_overhead_s < 0:
+            raise ValueError(f"iteration_overhead_s must be >= 0, got {self.iteration_overhead_s}")
         if self.hbm_tokens <= 0 or self.dram_tokens < 0:
             raise ValueError(f"need hbm_tokens > 0 and dram_tokens >= 0, got {self.hbm_tokens}, "
                              f"{self.dram_tokens}")
@@ -51,6 +62,9 @@ class SimConfig:
         pd: prefill/decode disaggregation.
         prefill_share: with ``pd``: fraction of the instances that prefill (at least one each).
         instance: every instance's resources.
+        decode_instance: with ``pd``: the decode instances' (None: ``instance``), e.g. a decode
+            instance without a prefix cache (stock SGLang PD's), which receives every prompt's
+            whole KV.
         policy: routing policy name (``memserve_router.policies``): colocated, and PD's prefill.
         decode_policy: PD's decode choice (default: ``policy``).
         cost_table: cost table name or path (``sglang_memserve.gpu.costmodel.load_table``); the
@@ -91,6 +105,7 @@ class SimConfig:
     pd: bool = False
     prefill_share: float = 0.5
     instance: InstanceSpec = InstanceSpec()
+    decode_instance: InstanceSpec | None = None
     policy: str = "memserve"
     decode_policy: str | None = None
     cost_table: str = DEFAULT_TABLE
@@ -136,3 +151,9 @@ class SimConfig:
             return ["colocated"] * self.instances
         n_pre = min(self.instances - 1, max(1, round(self.instances * self.prefill_share)))
         return ["prefill"] * n_pre + ["decode"] * (self.instances - n_pre)
+
+    def spec(self, role: Role) -> InstanceSpec:
+        """The resources of an instance of ``role``."""
+        if role == "decode" and self.decode_instance is not None:
+            return self.decode_instance
+        return self.instance

@@ -204,50 +204,78 @@ class SimInstance:
         if self.batch:
             self._decode_segment()
 
+    def _lease(self, job: Job) -> tuple[bool, float]:
+        """Admit ``job`` (lock its hit, allocate its pages); returns (admitted, swap-in
+        seconds). A job that can never fit is dropped (and taken off the queue's head)."""
+        extra = len(job.out_path) if self.role == "colocated" else 0
+        lease = self.kv.acquire(job.path, extra)
+        if lease is None:
+            if self.leases == 0 and not self.batch and self.queue and self.queue[0] is job:
+                self.queue.popleft()  # nothing will ever free enough pages
+                job.failed = f"prompt does not fit in {self.id}'s HBM"
+                self.hooks.dropped(job, self)
+            return False, 0.0
+        self.leases += 1
+        job.lease = lease
+        x = job.req.tokens
+        if not self.spec.prefix_cache:
+            job.hit_tokens = job.host_tokens = job.done = 0
+            return True, 0.0
+        job.hit_tokens = min(lease.hit * self.unit, x)
+        job.host_tokens = min(lease.host_hit * self.unit, job.hit_tokens)
+        job.done = min(job.hit_tokens, x - 1)
+        return True, self.table.swap_time(lease.host_hit * self.pages_per_unit, "in")
+
     def _prefill_next(self) -> bool:
-        """Start the next prefill chunk if the head can run; returns whether one started."""
+        """Start the next prefill iteration if the head can run; returns whether one started.
+        With ``spec.batch_prefill``, queued prompts that fit whole in what is left of the chunk
+        budget join the head's iteration (SGLang's prefill batch), FCFS."""
         while self.queue:
             job = self.queue[0]
+            swap = 0.0
             if job.lease is None:
                 if len(self.batch) >= self.spec.max_batch:
                     return False
-                extra = len(job.out_path) if self.role == "colocated" else 0
-                lease = self.kv.acquire(job.path, extra)
-                if lease is None:
-                    if self.leases == 0 and not self.batch:
-                        self.queue.popleft()  # nothing will ever free enough pages
-                        job.failed = f"prompt does not fit in {self.id}'s HBM"
-                        self.hooks.dropped(job, self)
-                        continue
+                ok, swap = self._lease(job)
+                if not ok:
+                    if self.queue and self.queue[0] is not job:
+                        continue  # dropped: try the next head
                     return False
-                self.leases += 1
-                job.lease = lease
-                x = job.req.tokens
-                if self.spec.prefix_cache:
-                    job.hit_tokens = min(lease.hit * self.unit, x)
-                    job.host_tokens = min(lease.host_hit * self.unit, job.hit_tokens)
-                    job.done = min(job.hit_tokens, x - 1)
-                    swap = self.table.swap_time(lease.host_hit * self.pages_per_unit, "in")
-                else:
-                    job.hit_tokens = job.host_tokens = job.done = 0
-                    swap = 0.0
-            else:
-                swap = 0.0
             a = job.done
             b = min(a + self.spec.chunk_tokens, job.req.tokens)
             dt = self.table.exec_time(b, a) * self.cost_scale + swap
+            members = [(job, b)]
+            budget = self.spec.chunk_tokens - (b - a)
+            if self.spec.batch_prefill and b >= job.req.tokens:
+                for nxt in list(self.queue)[1:]:
+                    if budget <= 0 or len(self.batch) + len(members) >= self.spec.max_batch:
+                        break
+                    cached, _ = self.kv.match(nxt.path) if self.spec.prefix_cache else (0, 0)
+                    need = nxt.req.tokens - min(cached * self.unit, nxt.req.tokens - 1)
+                    if need > budget:
+                        break
+                    ok, sw = self._lease(nxt)
+                    if not ok:
+                        break
+                    need = nxt.req.tokens - nxt.done
+                    budget -= need
+                    dt += self.table.exec_time(nxt.req.tokens, nxt.done) * self.cost_scale + sw
+                    members.append((nxt, nxt.req.tokens))
+            dt += self.spec.iteration_overhead_s
             self._busy = True
             self.stats.prefill_s += dt
             self.stats.chunks += 1
-            self.compute.start(self, dt, self._chunk_done, job, b)
+            self.compute.start(self, dt, self._chunk_done, members)
             return True
         return False
 
-    def _chunk_done(self, job: Job, b: int) -> None:
+    def _chunk_done(self, members: list[tuple[Job, int]]) -> None:
         self._busy = False
-        job.done = b
-        if b >= job.req.tokens:
-            self.queue.popleft()
+        for job, b in members:
+            job.done = b
+            if b < job.req.tokens:
+                continue
+            self.queue.remove(job)
             assert job.lease is not None
             self.kv.commit(job.lease)
             if self.role == "colocated":
@@ -268,7 +296,7 @@ class SimInstance:
         self.stats.peak_batch = max(self.stats.peak_batch, n)
         steps = min(j.req.output_tokens - j.generated for j in batch)
         ctx = sum(j.req.tokens + j.generated for j in batch) / n + steps / 2
-        dt = self.table.decode_time(n, int(ctx)) * self.cost_scale
+        dt = self.table.decode_time(n, int(ctx)) * self.cost_scale + self.spec.iteration_overhead_s
         self._token += 1
         self._seg = _Segment(dt, steps, self._token, list(batch))
         self._busy = True

@@ -85,7 +85,7 @@ class SimRouter:
         """
         spec = WorkerSpec(f"http://sim-{index}.invalid:30000", role,
                           8998 if role == "prefill" else None)
-        inst = self.cfg.instance  # its KV capacity, as /server_info reports it (no DRAM tier)
+        inst = self.cfg.spec(role)  # its KV capacity, as /server_info reports it (no DRAM tier)
         kv = inst.hbm_tokens if not inst.dram_tokens else None
         return self.cluster.admit(Worker(iid, spec, WorkerInfo(iid, 1, None, None, None, None,
                                                                kv)))

@@ -57,10 +57,13 @@ class Simulator:
         for i, role in enumerate(cfg.roles()):
             iid = f"{role[0]}{i}"
             self.router.add_instance(iid, role, i)
-            self.instances[iid] = SimInstance(iid, role, cfg.instance, self.table,
+            self.instances[iid] = SimInstance(iid, role, cfg.spec(role), self.table,
                                               cfg.unit_tokens, self.loop, self,
                                               self._sink(iid, role), cfg.evict_batch, shared,
                                               cfg.cost_scale)
+        # PD-Caching-3 returns on the wire, per prefill instance: (pages, jobs held for them).
+        self._returning: dict[str, list[tuple[list, list[Job]]]] = {}
+        self.held = 0
         self.jobs: list[Job] = []
         self.arrived: list[SimRequest] = []
         self.migrations = self.migrated_tokens = self.kv_returns = 0
@@ -109,8 +112,22 @@ class Simulator:
         assert job.prefill is not None
         if dec.migrate_from:
             self._migrate(job, role, dec, self.instances[dec.migrate_from])
-        else:
+        elif not self._hold(job):
             job.prefill.submit(job)
+
+    def _hold(self, job: Job) -> bool:
+        """PD-Caching-3: hold ``job`` at its prefill instance while a return on the wire
+        carries more of its prompt than that instance has (MemServe's prefill hold), so it
+        hits the returned KV instead of recomputing it. Returns whether it is held."""
+        pre = job.prefill
+        assert pre is not None
+        have, _ = pre.kv.match(job.path)
+        for full, waiting in self._returning.get(pre.id, []):
+            if have < min(len(full), len(job.path)) and full[:have + 1] == job.path[:have + 1]:
+                waiting.append(job)
+                self.held += 1
+                return True
+        return False
 
     def _migrate(self, job: Job, role: Role, dec: Decision, src: SimInstance) -> None:
         """Move the decision's prefix from ``src`` to ``job``'s instance, then queue ``job``
@@ -187,7 +204,16 @@ class Simulator:
         if have >= len(full):
             return
         self.kv_returns += 1
-        self.loop.after(self._transfer_s(len(full) - have), pre.kv.store, full)
+        entry: tuple[list, list[Job]] = (full, [])
+        self._returning.setdefault(pre.id, []).append(entry)
+
+        def landed() -> None:
+            pre.kv.store(full)
+            self._returning[pre.id].remove(entry)
+            for held in entry[1]:
+                pre.submit(held)
+
+        self.loop.after(self._transfer_s(len(full) - have), landed)
 
     def _follow(self, job: Job) -> None:
         nxt = job.req.follow
