@@ -49,6 +49,24 @@ def test_taken_fixed_port_fails_fast(tiny_model: Path, tmp_path: Path) -> None:
         squatter.close()
 
 
+def test_a_scheduler_that_dies_starting_fails_the_start_at_once(tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    """The scheduler dies binding its control port; SGLang's launcher keeps running without
+    ever answering /health. The start fails naming the dead scheduler (before, it waited out
+    its whole timeout and said only "not healthy")."""
+    squatter = _listener()
+    try:
+        server = ServerProcess(["--model-path", str(tiny_model), "--memserve-cache", "memserve",
+                                "--mempool-control-port", str(squatter.getsockname()[1])],
+                               tmp_path, name="dies")
+        with pytest.raises(ServerStartError, match=r"sglang::scheduler \(pid \d+\) exited"):
+            server.start(timeout=600)
+        server.stop()
+        assert server.proc is not None and server.proc.poll() is not None
+    finally:
+        squatter.close()
+
+
 def test_free_port_pairs_gives_distinct_bindable_pairs() -> None:
     """Each port and the one after it bind (a prefill's control port is its bootstrap port +
     1), and no pair overlaps another: ``free_ports(2)`` could return p and p + 1."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+import psutil
 import requests
 
 
@@ -116,6 +117,45 @@ def _bind_failed(log_tail: str) -> bool:
     return "address already in use" in log_tail.lower()
 
 
+class _ChildWatch:
+    """SGLang's scheduler and detokenizer processes seen under a launcher during start-up.
+
+    NOTE: when one of them dies (a failed bind, an out-of-memory kill) SGLang's launcher keeps
+    running and never answers ``/health``; watching them fails the start at once instead of
+    after the whole timeout."""
+
+    TITLES = ("sglang::scheduler", "sglang::detokenizer")
+
+    def __init__(self) -> None:
+        self.seen: dict[int, str] = {}
+        self.lost: str | None = None
+
+    def died(self, root: int) -> bool:
+        """Whether a child seen earlier is gone (or a zombie); records it in ``lost``."""
+        try:
+            children = psutil.Process(root).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return False  # the launcher itself exited: the caller sees its return code
+        alive: set[int] = set()
+        for child in children:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if child.pid not in self.seen:
+                    title = next((t for t in self.TITLES if t in " ".join(child.cmdline())),
+                                 None)
+                    if title is None:
+                        continue
+                    self.seen[child.pid] = title
+                alive.add(child.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        gone = [pid for pid in self.seen if pid not in alive]
+        if gone:
+            self.lost = f"{self.seen[gone[0]]} (pid {gone[0]})"
+        return bool(gone)
+
+
 class ServerStartError(RuntimeError):
     """The server process exited or did not become healthy in time; carries its log tail."""
 
@@ -152,6 +192,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.cpus = list(cpus) if cpus else None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._children = _ChildWatch()
 
     @property
     def url(self) -> str:
@@ -176,6 +217,9 @@ class ServerProcess:
             old, self.port = self.port, free_port(self.host)
             note = f"[memserve] port {old} was taken before the server bound it: restarted " \
                    f"on port {self.port}\n".encode()
+        if self._children.lost:
+            raise ServerStartError(f"{self.name}: {self._children.lost} exited while the "
+                                   f"server started:\n{self.log_tail()}")
         if self.proc is not None and self.proc.returncode not in (None, -signal.SIGTERM,
                                                                    -signal.SIGKILL):
             raise ServerStartError(f"{self.name} exited with {self.proc.returncode}:\n"
@@ -196,8 +240,9 @@ class ServerProcess:
                                          env=self.env, start_new_session=True)
         # Set before the launcher imports anything: SGLang's processes inherit it.
         pin(self.proc.pid, self.cpus)
+        self._children = _ChildWatch()
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None or self._children.died(self.proc.pid):
                 return False
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
