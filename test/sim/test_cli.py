@@ -34,6 +34,21 @@ def test_cli_sharegpt_pd_with_kv_return(capsys: pytest.CaptureFixture[str]) -> N
     assert "yes" in text.splitlines()[-1]
 
 
+def test_cli_engine_model_flags_reach_the_instances(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMSERVE_DATA_DIR", str(tmp_path))
+    base = ["--instances", "2", "--requests", "60", "--output-tokens", "4"]
+    runs = {}
+    for name, extra in {"plain": [], "overhead": ["--iteration-overhead-s", "0.01"],
+                        "batched": ["--batch-prefill"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*base, *extra, "--json", str(out)]) == 0
+        runs[name] = json.loads(out.read_text())
+    # Every request has a prefill and three decode steps, each 10 ms longer.
+    assert runs["overhead"]["jct_avg_s"] >= runs["plain"]["jct_avg_s"] + 0.04 - 1e-9
+    assert runs["batched"]["finished"] == runs["plain"]["finished"] == 60
+
+
 @pytest.mark.parametrize("argv, why", [
     (["--instances", "0"], "at least 1 instances"),
     (["--policy", "nope"], "unknown routing policy"),

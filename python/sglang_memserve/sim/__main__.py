@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dram-tokens", type=int, default=0)
     p.add_argument("--chunk-tokens", type=int, default=InstanceSpec.chunk_tokens)
     p.add_argument("--max-batch", type=int, default=InstanceSpec.max_batch)
+    p.add_argument("--batch-prefill", action="store_true",
+                   help="queued prompts that fit the rest of the chunk share a prefill iteration "
+                        "(SGLang's prefill batch)")
+    p.add_argument("--iteration-overhead-s", type=float, default=0.0,
+                   help="fixed seconds per prefill chunk and decode step beyond the table's "
+                        "(the engine's own work per iteration)")
     p.add_argument("--link-gbps", type=float, default=None,
                    help="KV link bandwidth, GB/s (default: the table's per-page figure)")
     p.add_argument("--min-migrate-gain-s", type=float, default=0.05)
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = InstanceSpec(hbm_tokens=a.hbm_tokens, dram_tokens=a.dram_tokens,
                             chunk_tokens=a.chunk_tokens, max_batch=a.max_batch,
-                            prefix_cache=not a.no_cache)
+                            prefix_cache=not a.no_cache, batch_prefill=a.batch_prefill,
+                            iteration_overhead_s=a.iteration_overhead_s)
         cfg = SimConfig(instances=a.instances, pd=a.pd, prefill_share=a.prefill_share,
                         instance=spec, policy=a.policy, decode_policy=a.decode_policy,
                         cost_table=a.cost_table, unit_tokens=a.unit_tokens,
