@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-import psutil
 import requests
 
 
@@ -112,48 +111,18 @@ def file_tail(path: Path, lines: int = 40) -> str:
 BIND_ATTEMPTS = 3
 
 
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
 def _bind_failed(log_tail: str) -> bool:
     """Whether a server's log says its HTTP port was taken ("address already in use")."""
     return "address already in use" in log_tail.lower()
-
-
-class _ChildWatch:
-    """SGLang's scheduler and detokenizer processes seen under a launcher during start-up.
-
-    NOTE: when one of them dies (a failed bind, an out-of-memory kill) SGLang's launcher keeps
-    running and never answers ``/health``; watching them fails the start at once instead of
-    after the whole timeout."""
-
-    TITLES = ("sglang::scheduler", "sglang::detokenizer")
-
-    def __init__(self) -> None:
-        self.seen: dict[int, str] = {}
-        self.lost: str | None = None
-
-    def died(self, root: int) -> bool:
-        """Whether a child seen earlier is gone (or a zombie); records it in ``lost``."""
-        try:
-            children = psutil.Process(root).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return False  # the launcher itself exited: the caller sees its return code
-        alive: set[int] = set()
-        for child in children:
-            try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                if child.pid not in self.seen:
-                    title = next((t for t in self.TITLES if t in " ".join(child.cmdline())),
-                                 None)
-                    if title is None:
-                        continue
-                    self.seen[child.pid] = title
-                alive.add(child.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        gone = [pid for pid in self.seen if pid not in alive]
-        if gone:
-            self.lost = f"{self.seen[gone[0]]} (pid {gone[0]})"
-        return bool(gone)
 
 
 class ServerStartError(RuntimeError):
@@ -192,7 +161,6 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.cpus = list(cpus) if cpus else None
         self.proc: subprocess.Popen[bytes] | None = None
-        self._children = _ChildWatch()
 
     @property
     def url(self) -> str:
@@ -205,11 +173,14 @@ class ServerProcess:
         bind (busy machines, parallel tests): when the log says so and the port was not given
         by the caller, the server is restarted on another free port, up to
         ``BIND_ATTEMPTS`` times in all."""
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         note = b""
+        exited: int | None = None
         for attempt in range(1, BIND_ATTEMPTS + 1):
             if self._spawn_and_wait(deadline, note):
                 return self
+            exited = self.proc.poll() if self.proc is not None else None
             lost_port = _bind_failed(self.log_tail(200))
             self.stop()
             if not lost_port or self._fixed_port or attempt == BIND_ATTEMPTS:
@@ -217,12 +188,11 @@ class ServerProcess:
             old, self.port = self.port, free_port(self.host)
             note = f"[memserve] port {old} was taken before the server bound it: restarted " \
                    f"on port {self.port}\n".encode()
-        if self._children.lost:
-            raise ServerStartError(f"{self.name}: {self._children.lost} exited while the "
-                                   f"server started:\n{self.log_tail()}")
-        if self.proc is not None and self.proc.returncode not in (None, -signal.SIGTERM,
-                                                                   -signal.SIGKILL):
-            raise ServerStartError(f"{self.name} exited with {self.proc.returncode}:\n"
+        if exited is not None:
+            # NOTE: SGLang's launcher kills its own process tree when a child (the scheduler)
+            # fails, so a signal here is not necessarily ours: the wait ended because it exited.
+            raise ServerStartError(f"{self.name} exited with {_exit_status(exited)} "
+                                   f"{time.monotonic() - t0:.0f} s into its start:\n"
                                    f"{self.log_tail()}")
         raise ServerStartError(f"{self.name} not healthy after {timeout:.0f}s:\n{self.log_tail()}")
 
@@ -240,9 +210,8 @@ class ServerProcess:
                                          env=self.env, start_new_session=True)
         # Set before the launcher imports anything: SGLang's processes inherit it.
         pin(self.proc.pid, self.cpus)
-        self._children = _ChildWatch()
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None or self._children.died(self.proc.pid):
+            if self.proc.poll() is not None:
                 return False
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
