@@ -18,8 +18,9 @@ The stages follow the MemServe paper's ladder (see ``docs/pd.md``):
   has, and prefill sends only the pages after it.
 
 Defaults chosen for a small CPU-only host (see ``docs/pd.md`` for the measurements):
-each instance's compute runs on its own core (``cpus``), the router on prefill's (decode's core
-is the saturated one under load: ``router_on_prefill_cores``), SGLang's idle schedulers sleep
+each instance's scheduler (its compute) runs on its own core (``cpus``), its HTTP server and
+detokenizer on either instance's (``pin_schedulers_only``), the router on prefill's (decode's
+core is the saturated one under load: ``router_on_prefill_cores``), SGLang's idle schedulers sleep
 (``--sleep-on-idle``, set by the launcher), prefill reports transfer sizes (``--enable-metrics``).
 """
 
