@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+import profiling  # benchmarks/profiling.py, beside this file
+
 from sglang_memserve import compat
 
 compat.apply_import_patches()
@@ -55,6 +57,10 @@ def main() -> None:
     p.add_argument("--host-ratio", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--only", nargs="*", default=None, help="subset of configurations")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="record each server's scheduler with py-spy (100 Hz) during the "
+                        "replay into DIR, one file per configuration and round; "
+                        "`python benchmarks/profiling.py DIR --requests N` tabulates them")
     args = p.parse_args()
 
     model = ensure_model(args.model)
@@ -71,7 +77,12 @@ def main() -> None:
     for rnd in range(args.rounds):
         order = list(todo) if rnd % 2 == 0 else list(reversed(todo))
         for name in order:
-            row = run_server_config(name, todo[name], convs, tok, cfg, out / f"round{rnd}")
+            around = None
+            if args.profile is not None:
+                tag = f"{name}-r{rnd}"
+                around = lambda pid, tag=tag: profiling.recording(args.profile, tag, [pid])  # noqa: E731
+            row = run_server_config(name, todo[name], convs, tok, cfg, out / f"round{rnd}",
+                                    around=around)
             rows[name].append(row)
             print(f"round {rnd} {name}: JCT {row['jct_avg']:.3f}s TTFT {row['ttft_avg']:.3f}s "
                   f"hit {row['hit_rate']:.3f} failed {row['failed']}", flush=True)

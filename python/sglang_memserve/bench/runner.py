@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,13 @@ from sglang_memserve.workloads import Conversation
 
 def run_server_config(name: str, args: Sequence[str], convs: Sequence[Conversation],
                       tokenizer: Any, cfg: ReplayConfig, out_dir: Path,
-                      env: dict[str, str] | None = None) -> dict[str, Any]:
+                      env: dict[str, str] | None = None,
+                      around: Callable[[int], AbstractContextManager[Any]] | None = None
+                      ) -> dict[str, Any]:
     """Start a server with ``args``, replay ``convs``, stop it; write records and return a summary.
+
+    ``around(server_pid)``, when given, is a context manager held during the replay only
+    (e.g. a py-spy recording of the server's scheduler: ``benchmarks/profiling.py``).
 
     Returns:
         :func:`~sglang_memserve.bench.metrics.summarize` plus ``name``, ``args``, start time,
@@ -29,9 +35,11 @@ def run_server_config(name: str, args: Sequence[str], convs: Sequence[Conversati
     t0 = time.perf_counter()
     with ServerProcess(list(args), out_dir, name=name, env=env) as server:
         started = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        records: list[RequestRecord] = replay(server.url, convs, tokenizer, cfg)
-        wall = time.perf_counter() - t1
+        assert server.proc is not None
+        with around(server.proc.pid) if around is not None else nullcontext():
+            t1 = time.perf_counter()
+            records: list[RequestRecord] = replay(server.url, convs, tokenizer, cfg)
+            wall = time.perf_counter() - t1
         info = requests.get(f"{server.url}/server_info", timeout=60).json()
     state = info["internal_states"][0].get("memserve", {})
     (out_dir / f"{name}.records.json").write_text(json.dumps(to_jsonable(records)))
