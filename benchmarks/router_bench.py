@@ -67,8 +67,10 @@ ROUTERS: dict[str, tuple[str, list[str]]] = {
                           "--affinity-ignore-pressure"]),
     "memserve-flat2": ("memserve-router (memserve policy, flat affinity slack 2.0)",
                        ["--policy", "memserve", "--affinity-ignore-pressure"]),
-    "memserve-survival": ("memserve-router (memserve policy, hits priced by survival)",
-                          ["--policy", "memserve", "--hit-survival"]),
+    "memserve-survival": ("memserve-router (memserve policy, hits priced by survival: the "
+                          "default)", ["--policy", "memserve", "--hit-survival"]),
+    "memserve-nosurvival": ("memserve-router (memserve policy, hits counted in full: the "
+                            "default before)", ["--policy", "memserve", "--no-hit-survival"]),
     "memserve-steps5": ("memserve-router (memserve policy, 5 decode steps per request)",
                         ["--policy", "memserve", "--load-per-request-steps", "5"]),
     "memserve-prefix": ("memserve-router (prefix policy)", ["--policy", "prefix"]),

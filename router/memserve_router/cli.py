@@ -73,9 +73,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load-per-request-steps", type=float, default=None,
                    help="memserve policy: that cost as this many of the cost table's decode "
                         "steps (overrides --load-per-request-secs)")
-    p.add_argument("--hit-survival", action="store_true",
+    p.add_argument("--hit-survival", action=argparse.BooleanOptionalAction,
+                   default=RouterConfig.hit_survival,
                    help="memserve policy: price each cached prefix by the chance it survives "
-                        "the holder's queue inside the estimate")
+                        "the holder's queue inside the estimate (default on; "
+                        "--no-hit-survival counts every cached prefix in full)")
     p.add_argument("--cache-threshold", type=float, default=0.3)
     p.add_argument("--balance-abs-threshold", type=int, default=64)
     p.add_argument("--balance-rel-threshold", type=float, default=1.5)

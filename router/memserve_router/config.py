@@ -139,7 +139,7 @@ class RouterConfig:
     migration_overhead_s: float | None = None
     load_per_request_s: float = PolicyConfig.load_per_request_s
     load_per_request_steps: float | None = None
-    hit_survival: bool = False
+    hit_survival: bool = True
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5

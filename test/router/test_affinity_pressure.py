@@ -17,6 +17,8 @@ X, HIT = 2048, 1920           # a conversation's turn: its history is 94% of the
 
 
 def policy(**kw) -> MemServePolicy:
+    # The slack's pressure scaling alone: hits are not priced by survival here unless asked.
+    kw.setdefault("hit_survival", False)
     p = make_policy("memserve", PolicyConfig(migrate=False, **kw))
     assert isinstance(p, MemServePolicy)
     return p

@@ -39,7 +39,7 @@ def test_a_hit_the_queue_would_evict_is_not_counted():
     # The hand-made state: with the hit counted in full the holder is cheaper...
     assert wait + TABLE.exec_time(X, HIT) < TABLE.exec_time(X, SHARED)
     req = RouteRequest(X)
-    assert policy().select(req, cs).instance_id == "holder"
+    assert policy(hit_survival=False).select(req, cs).instance_id == "holder"
     # ...but expected over the eviction it is not.
     priced = policy(hit_survival=True)
     d = priced.select(req, cs)
@@ -60,7 +60,8 @@ def test_ample_or_unknown_memory_prices_the_hit_in_full(kv):
     cs = [Candidate("holder", Load(queue_wait_s=wait, kv_tokens=kv), hit_tokens=HIT),
           Candidate("other", Load(kv_tokens=kv), hit_tokens=SHARED)]
     req = RouteRequest(X)
-    plain, priced = policy().select(req, cs), policy(hit_survival=True).select(req, cs)
+    plain = policy(hit_survival=False).select(req, cs)
+    priced = policy(hit_survival=True).select(req, cs)
     assert plain.instance_id == priced.instance_id == "holder"
     a = {e.instance_id: e.total_s for e in plain.estimates}
     b = {e.instance_id: e.total_s for e in priced.estimates}
@@ -75,7 +76,7 @@ def test_the_lost_share_grows_with_the_wait_and_caps_at_a_miss():
     got = [p._eviction_s(X, HIT, 4096, w) for w in (0.0, 0.25 * full, full, 4 * full)]
     assert got == pytest.approx([0.0, 0.25 * (e0 - eh), e0 - eh, e0 - eh])
     assert p._eviction_s(X, 0, 4096, full) == 0.0          # no hit, nothing to lose
-    assert policy()._eviction_s(X, HIT, 4096, full) == 0.0  # off by default
+    assert policy(hit_survival=False)._eviction_s(X, HIT, 4096, full) == 0.0  # off: no price
 
 
 def test_a_decoding_neighbour_outweighs_a_template_hit_in_decode_steps():
@@ -112,4 +113,13 @@ def test_the_flags_reach_the_policy():
     assert pc.hit_survival
     assert pc.load_per_request_s == pytest.approx(3 * TABLE.decode_time(1, DECODE_STEP_CONTEXT))
     dflt = config_from_args(["--worker-urls", "http://127.0.0.1:1"]).policy_config
-    assert not dflt.hit_survival and dflt.load_per_request_s == PolicyConfig.load_per_request_s
+    assert dflt.hit_survival and dflt.load_per_request_s == PolicyConfig.load_per_request_s
+    off = config_from_args(["--worker-urls", "http://127.0.0.1:1", "--no-hit-survival"])
+    assert not off.policy_config.hit_survival
+
+
+def test_survival_is_the_default():
+    """Since stop 10 the ``memserve`` policy prices hits by survival unless told not to."""
+    assert PolicyConfig().hit_survival and RouterConfig().hit_survival
+    cs = busy_holder(kv_tokens=1024, share_lost=0.9)
+    assert policy().select(RouteRequest(X), cs).instance_id == "other"

@@ -91,8 +91,12 @@ COLO_ROUTERS: dict[str, ColoRouter] = {
     # follows the hardware of the table (memserve_router.config.load_per_request_steps).
     "memserve-steps5": ColoRouter("memserve", ("--policy", "memserve",
                                                "--load-per-request-steps", "5")),
-    # Each hit priced by its survival through the instance's queue (--hit-survival).
+    # Each hit priced by its survival through the instance's queue (--hit-survival, the
+    # default since stop 10; named explicitly so that older commands still run).
     "memserve-survival": ColoRouter("memserve", ("--policy", "memserve", "--hit-survival")),
+    # The default before stop 10: every cached prefix counted in full.
+    "memserve-nosurvival": ColoRouter("memserve", ("--policy", "memserve",
+                                                   "--no-hit-survival")),
 }
 
 SETUPS: dict[str, Setup] = {s.name: s for s in (
@@ -130,6 +134,9 @@ SETUPS: dict[str, Setup] = {s.name: s for s in (
     Setup("colo2-memserve-router-survival",
           "2 x colocated + cache, memserve-router, hits priced by survival", None, "memserve",
           "memserve-survival", 2),
+    Setup("colo2-memserve-router-nosurvival",
+          "2 x colocated + cache, memserve-router, hits counted in full (the default before)",
+          None, "memserve", "memserve-nosurvival", 2),
 )}
 
 # Prometheus series worth keeping from each instance (sum and count of these histograms).

@@ -232,7 +232,7 @@ class PolicyConfig:
     max_migrate_sources: int = 4
     affinity_slack: float = 0.0
     affinity_pressure: bool = True
-    hit_survival: bool = False
+    hit_survival: bool = True
     migration_overhead_s: float | None = None
     session_table_size: int = 100_000
 
