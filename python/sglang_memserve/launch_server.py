@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sglang_memserve import compat
-from sglang_memserve.bind import DIST_OVERRIDE_ENV, local_bind_env
+from sglang_memserve.bind import DIST_OVERRIDE_ENV, local_bind_env, shim_env
 from sglang_memserve.config import CACHE_MODES, ENV_VAR, ROLES, MemServeConfig
 from sglang_memserve.model.registry import MODELS, folder_cpu_dtype
 from sglang_memserve.overload import OverloadLimits
@@ -249,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               dist_init_addr=_value(sg_argv, "--dist-init-addr", "") or None))
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    # Mooncake's wildcard listeners onto the host (the SGLang processes inherit this).
+    os.environ.update(shim_env(config.host))
     os.environ[ENV_VAR] = config.to_env()
     if config.secret_file:
         from sglang_memserve.mempool.auth import SECRET_FILE_ENV

@@ -66,5 +66,7 @@ def listeners(pids: list[int]) -> list[Listener]:
 
 def outside(found: list[Listener], host: str) -> list[Listener]:
     """The listeners not bound to exactly ``host`` (a wildcard such as 0.0.0.0 or :: counts as
-    outside: it answers on every interface)."""
-    return [s for s in found if s.ip != host]
+    outside: it answers on every interface). An IPv6 socket bound to the IPv4 host's mapped
+    address (``::ffff:127.0.0.1``, what the launcher's bind shim makes of Mooncake's ``::``)
+    is on the host: it answers on that address alone."""
+    return [s for s in found if s.ip not in (host, f"::ffff:{host}")]
