@@ -60,7 +60,8 @@ def main() -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="record each server's scheduler with py-spy (100 Hz) during the "
                         "replay into DIR, one file per configuration and round; "
-                        "`python benchmarks/profiling.py DIR --requests N` tabulates them")
+                        "`python benchmarks/profiling.py DIR --requests N` tabulates them "
+                        "(py-spy is not in the install: `.venv/bin/pip install py-spy`)")
     args = p.parse_args()
 
     model = ensure_model(args.model)
